@@ -1,0 +1,39 @@
+# Two-command setup: `make demo` and `make test` both go through `make install` (idempotent).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The torch pin is read from pyproject.toml so versions live in one place. It is installed first because
+# `pip install torch==X` picks the CPU build on local disk; an unpinned resolve would pull a multi-GB CUDA build.
+TORCH_PIN := $(shell grep -o '"torch==[0-9.]*"' pyproject.toml | tr -d '"')
+
+.PHONY: install test lint demo assets smoke clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "$(TORCH_PIN)"
+	$(PIP) install --quiet -e ".[train,dev]"
+	touch $@
+
+lint: install
+	$(VENV)/bin/ruff check edgekd tests benchmarks scripts
+	$(VENV)/bin/ruff format --check edgekd tests benchmarks scripts
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+assets: install
+	$(VENV)/bin/edgekd assets
+
+smoke: install
+	$(VENV)/bin/edgekd compress recipes/smoke.yaml
+
+demo: install assets
+	$(VENV)/bin/edgekd compress recipes/quickstart.yaml
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,120 @@
+"""`compress`: run a recipe's stages in order in a run folder, skipping those already done.
+
+    runs/<name>/
+      recipe.resolved.yaml  env.json
+      teacher/ distill/ export/ quantize/   each: artifacts + stage.json
+      report/  report.json  report.md
+      cache/   teacher logits reused across re-runs
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from edgekd.data import load_splits
+from edgekd.errors import InputError, RunLockedError, StageError
+from edgekd.recipe import Recipe, load_recipe, recipe_to_yaml
+from edgekd.stage import Stage, run_stage, write_json
+
+RUNS_ROOT = Path("runs")
+
+
+def stages() -> list[Stage]:
+    """The chain, in order. Imported here so `import edgekd` stays light."""
+    from edgekd.stages.benchmark import BenchmarkStage
+    from edgekd.stages.distill import DistillStage
+    from edgekd.stages.export import ExportStage
+    from edgekd.stages.quantize import QuantizeStage
+    from edgekd.stages.teacher import TeacherStage
+
+    return [TeacherStage(), DistillStage(), ExportStage(), QuantizeStage(), BenchmarkStage()]
+
+
+def run_dir_for(recipe: Recipe, output_dir: str | Path | None) -> Path:
+    """`--output-dir`, else runs/<name>. The name is restricted by the recipe schema, so it cannot escape."""
+    if output_dir is not None:
+        return Path(output_dir)
+    path = (RUNS_ROOT / recipe.name).resolve()
+    if RUNS_ROOT.resolve() not in path.parents:
+        raise InputError(f"recipe name {recipe.name!r} would write outside {RUNS_ROOT}/")
+    return path
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """One edgekd process per run folder: a second one gets a clear error instead of corrupting the first."""
+    lock_path = run_dir / ".lock"
+    handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RunLockedError(
+            f"another edgekd process is running in {run_dir}",
+            hint="wait for it to finish, or use --output-dir for a separate run",
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def compress(
+    recipe_path: str | Path,
+    overrides: list[str] | None = None,
+    output_dir: str | Path | None = None,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every stage of a recipe and return the report (the content of report/report.json).
+
+    Args:
+        recipe_path: The YAML recipe.
+        overrides: `a.b=value` overrides applied before validation.
+        output_dir: Run folder; default runs/<recipe name>.
+        force: Re-run every stage even when its cached output matches.
+        log: Where progress lines go.
+
+    Raises:
+        RecipeError, DataError, InputError: bad recipe or input, found before any training.
+        StageError: a stage failed.
+    """
+    recipe = load_recipe(recipe_path, overrides)
+    splits = load_splits(recipe.data, recipe.seed)  # fail on bad data before any training
+    log(f"data: {splits.counts()} rows, {len(splits.labels)} classes")
+    run_dir = run_dir_for(recipe, output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        (run_dir / "recipe.resolved.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
+        write_json(run_dir / "env.json", _environment())
+        keys: dict[str, str] = {}
+        for stage in stages():
+            inputs = {name: keys[name] for name in stage.needs}
+            key, record, skipped = run_stage(stage, recipe, run_dir, inputs, force=force, log=log)
+            keys[stage.name] = key
+            how = "cached, skipped" if skipped else f"done in {record['wall_time_s']:.1f}s"
+            log(f"[{stage.name}] {how}")
+        report_path = run_dir / "report" / "report.json"
+        try:
+            report: dict[str, Any] = json.loads(report_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StageError(f"the benchmark stage left no readable report: {exc}") from None
+    report["run_dir"] = str(run_dir)
+    return report
+
+
+def _environment() -> dict[str, Any]:
+    from edgekd.envinfo import environment
+
+    return environment()

@@ -1,0 +1,165 @@
+"""The stage contract and the runner that caches stages and writes them atomically.
+
+A stage is anything with a `name`, the names of the stages it reads (`needs`), a `params(recipe)` method giving
+what its output depends on, and `run(ctx, out_dir) -> StageResult`. It reads earlier stages' folders from
+`ctx.inputs` and writes only into `out_dir`. The runner:
+
+* keys the stage by a hash of its params, its inputs' keys and the fingerprint of local files it reads, and
+  skips it when `<run>/<stage>/stage.json` holds the same key (`force` re-runs it);
+* runs it in a temporary sibling folder and renames that into place only when the stage finished, so a killed
+  run never leaves a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from edgekd import __version__
+from edgekd.errors import EdgekdError, StageError
+from edgekd.recipe import Recipe
+
+STAGE_FILE = "stage.json"
+
+
+@dataclass
+class StageContext:
+    """What a stage may read: the recipe, the run folder and the finished folders of the stages it needs."""
+
+    recipe: Recipe
+    run_dir: Path
+    inputs: dict[str, Path]
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class StageResult:
+    """What a stage reports back; `metrics` lands in stage.json and can be read by later stages."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+
+class Stage(Protocol):
+    name: str
+    folder: str
+    needs: tuple[str, ...]
+
+    def params(self, recipe: Recipe) -> dict[str, Any]: ...
+
+    def run(self, ctx: StageContext, out_dir: Path) -> StageResult: ...
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON of `obj` (sorted keys); 16 hex digits are plenty for cache keys."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fingerprint_path(value: str | None) -> Any:
+    """Cheap identity of a local file or folder (names, sizes, mtimes); a Hub id is its own identity."""
+    if not value:
+        return None
+    path = Path(value)
+    if not path.exists():
+        return value
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [
+        (str(p.relative_to(path)) if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files
+    ]
+
+
+def read_stage_json(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / STAGE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def stage_key(stage: Stage, recipe: Recipe, input_keys: dict[str, str]) -> str:
+    return stable_hash({"stage": stage.name, "params": stage.params(recipe), "inputs": input_keys})
+
+
+def run_stage(
+    stage: Stage,
+    recipe: Recipe,
+    run_dir: Path,
+    input_keys: dict[str, str],
+    *,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> tuple[str, dict[str, Any], bool]:
+    """Run one stage unless an identical finished run is on disk.
+
+    Returns:
+        (key, stage.json content, whether it was skipped)
+    """
+    key = stage_key(stage, recipe, input_keys)
+    final = run_dir / stage.folder
+    done = read_stage_json(final)
+    if done and done.get("key") == key and not force:
+        return key, done, True
+
+    tmp = run_dir / f".{stage.folder}.partial"
+    if tmp.exists():  # left over by a killed run
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    ctx = StageContext(recipe=recipe, run_dir=run_dir, inputs={n: run_dir / n for n in stage.needs}, log=log)
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    try:
+        result = stage.run(ctx, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    record = {
+        "stage": stage.name,
+        "key": key,
+        "inputs": input_keys,
+        "params": stage.params(recipe),
+        "started_utc": started.isoformat(timespec="seconds"),
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+        "edgekd_version": __version__,
+        "metrics": result.metrics,
+        "files": sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()),
+    }
+    try:
+        write_json(tmp / STAGE_FILE, record)
+        _swap_into_place(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StageError(f"cannot write the {stage.name} stage into {final}: {exc.strerror or exc}") from None
+    return key, record, False
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Replace `final` with `tmp` so that at every instant either the old or the new folder is complete."""
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON via a temporary file + rename, so readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def require_file(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise EdgekdError(f"{what} is missing: {path}", hint="re-run with --force to rebuild the run")
+    return path

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny models built from configs and tokenizers trained in the test session.
+
+No network, no large files: everything is made here from the toy dataset committed under recipes/data.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+TOY_DATA = REPO / "recipes" / "data" / "toy_topics"
+TINY_BERT = {
+    "model_type": "bert",
+    "num_hidden_layers": 2,
+    "hidden_size": 32,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
+
+
+@pytest.fixture(scope="session")
+def toy_data() -> Path:
+    return TOY_DATA
+
+
+@pytest.fixture(scope="session")
+def toy_texts() -> list[str]:
+    import json
+
+    lines = (TOY_DATA / "train.jsonl").read_text().splitlines()
+    return [json.loads(line)["text"] for line in lines]
+
+
+@pytest.fixture(scope="session")
+def toy_labels() -> list[str]:
+    return (TOY_DATA / "labels.txt").read_text().split()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(toy_texts):
+    from edgekd.models import build_tokenizer
+    from edgekd.recipe import TokenizerBuild
+
+    return build_tokenizer(TokenizerBuild(vocab_size=200), toy_texts)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory, tiny_tokenizer, toy_labels) -> Path:
+    """A saved tiny BERT sequence classifier (random weights, real id2label) with its tokenizer."""
+    import torch
+
+    from edgekd.models import build_from_config
+
+    torch.manual_seed(0)
+    model = build_from_config(TINY_BERT, toy_labels, vocab_size=len(tiny_tokenizer))
+    folder = tmp_path_factory.mktemp("tiny_classifier")
+    model.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder

@@ -1,0 +1,126 @@
+"""End to end through the real CLI on recipes/smoke.yaml: exit codes, artifact contract, cache, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = REPO / "recipes" / "smoke.yaml"
+
+# The exact files each stage leaves in its folder (the artifact contract later stages and users rely on).
+TOKENIZER_FILES = {"special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"}
+HF_MODEL = {f"model/{f}" for f in {"config.json", "model.safetensors", *TOKENIZER_FILES}}
+ONNX_FOLDER = {"model.onnx", "config.json", "edgekd.json", *TOKENIZER_FILES}
+EXPECTED_FILES = {
+    "teacher": {"stage.json", "log_history.json", *HF_MODEL},
+    "distill": {"stage.json", "log_history.json", *HF_MODEL},
+    "export": {"stage.json", "parity.json", *ONNX_FOLDER},
+    "quantize": {"stage.json", "quantize.json", *ONNX_FOLDER},
+}
+
+
+def edgekd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgekd.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        timeout=900,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    return run_dir, edgekd("compress", str(SMOKE), "--output-dir", str(run_dir))
+
+
+def test_smoke_recipe_exits_0_and_prints_the_summary(smoke_run) -> None:
+    run_dir, result = smoke_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "student-int8-onnx" in result.stdout
+    assert "speed-up" in result.stdout
+
+
+def test_report_json_follows_the_contract(smoke_run) -> None:
+    run_dir, _ = smoke_run
+    report = json.loads((run_dir / "report" / "report.json").read_text())
+    assert {"recipe", "edgekd_version", "environment", "variants", "gates", "passed"} <= set(report)
+    assert [v["name"] for v in report["variants"]] == ["teacher", "student", "student-int8-onnx"]
+    for variant in report["variants"]:
+        assert {"name", "format", "accuracy", "size_bytes", "params", "latency_ms"} <= set(variant)
+        assert variant["format"] in ("pytorch", "onnx")
+        assert 0.0 <= variant["accuracy"] <= 1.0
+        assert variant["size_bytes"] > 0 and variant["params"] > 0
+        assert set(variant["latency_ms"]) >= {"p50", "p90", "p99"}
+        assert 0 < variant["latency_ms"]["p50"] <= variant["latency_ms"]["p90"] <= variant["latency_ms"]["p99"]
+    for gate in report["gates"]:
+        assert {"name", "limit", "value", "passed"} <= set(gate)
+    assert report["passed"] is True
+    assert (run_dir / "report" / "report.md").is_file()
+
+
+def test_each_stage_writes_exactly_its_files(smoke_run) -> None:
+    run_dir, _ = smoke_run
+    for stage, expected in EXPECTED_FILES.items():
+        folder = run_dir / stage
+        files = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+        assert files == expected, stage
+        record = json.loads((folder / "stage.json").read_text())
+        assert {"key", "params", "inputs", "wall_time_s"} <= set(record)
+    assert {p.name for p in run_dir.iterdir()} >= {"recipe.resolved.yaml", "env.json", "report", "cache"}
+    assert not list(run_dir.glob(".*.partial")), "a partial stage folder was left behind"
+
+
+def test_rerun_skips_finished_stages_and_a_gate_change_reruns_only_the_benchmark(smoke_run) -> None:
+    run_dir, _ = smoke_run
+    before = {s: json.loads((run_dir / s / "stage.json").read_text())["key"] for s in EXPECTED_FILES}
+    again = edgekd("compress", str(SMOKE), "--output-dir", str(run_dir))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stderr.count("cached, skipped") == 5
+    failing = edgekd("compress", str(SMOKE), "--output-dir", str(run_dir), "--set", "gates.max_size_mb=0.001")
+    assert failing.returncode == 3, failing.stderr[-2000:]
+    assert failing.stderr.count("cached, skipped") == 4
+    assert "gate(s) failed: max_size_mb" in failing.stderr
+    report = json.loads((run_dir / "report" / "report.json").read_text())
+    assert report["passed"] is False
+    after = {s: json.loads((run_dir / s / "stage.json").read_text())["key"] for s in EXPECTED_FILES}
+    assert before == after
+
+
+def test_bad_recipe_is_one_clear_error_with_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SMOKE.read_text().replace("epochs: 3\n  batch_size: 32\n  learning_rate", "epocs: 3\n  lr"))
+    result = edgekd("compress", str(bad), "--output-dir", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "did you mean 'epochs'" in result.stderr
+    assert not (tmp_path / "run").exists(), "nothing may be written for a bad recipe"
+
+
+def test_validate_and_set(tmp_path: Path) -> None:
+    ok = edgekd("validate", str(SMOKE), "--set", "distill.epochs=1")
+    assert ok.returncode == 0 and "valid" in ok.stdout
+    bad = edgekd("validate", str(SMOKE), "--set", "distill.alpha=3")
+    assert bad.returncode == 2
+    assert "distill.alpha" in bad.stderr
+
+
+def test_missing_recipe_file_exit_2() -> None:
+    result = edgekd("compress", "no/such/recipe.yaml")
+    assert result.returncode == 2
+    assert "recipe file not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_env_shows_the_traceback() -> None:
+    result = edgekd("validate", "no/such/recipe.yaml", env={"EDGEKD_DEBUG": "1"})
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
