@@ -27,7 +27,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
-out = Console()
+# Wide enough for the summary table when stdout is a file or a pipe (rich would wrap at 80 columns).
+out = Console(width=None if sys.stdout.isatty() else 140)
 
 SetOption = Annotated[
     list[str] | None,
@@ -53,7 +54,9 @@ def compress(
     print_summary(report)
     if not report.get("passed", False):
         failed = [g["name"] for g in report.get("gates", []) if not g["passed"]]
-        raise GateFailed(f"sign-off gate(s) failed: {', '.join(failed)}", hint="see the report for the numbers")
+        raise GateFailed(
+            f"sign-off gate(s) failed: {', '.join(failed)}", hint="see the report for the numbers"
+        )
 
 
 @app.command()
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("edgekd: interrupted; finished stages are kept, re-run the same command to resume")
         return 130
-    except Exception as exc:  # noqa: BLE001 - the last resort: one line, not a traceback
+    except Exception as exc:
         import click
 
         if isinstance(exc, click.exceptions.Exit):

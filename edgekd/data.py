@@ -75,9 +75,13 @@ def load_splits(spec: DataSpec, seed: int = 42) -> Splits:
         folder_labels = _read_labels_file(folder)
         labels = spec.labels or folder_labels
     if raw["train"] is None:
-        raise DataError("the dataset has no train split", hint="add a train.jsonl / train.csv / train.parquet file")
+        raise DataError(
+            "the dataset has no train split", hint="add a train.jsonl / train.csv / train.parquet file"
+        )
     if raw["test"] is None:
-        raise DataError("the dataset has no test split", hint="add a test.jsonl / test.csv / test.parquet file")
+        raise DataError(
+            "the dataset has no test split", hint="add a test.jsonl / test.csv / test.parquet file"
+        )
     if labels is None:
         labels = sorted({str(label) for _, label in raw["train"]})
     label_ids = {name: i for i, name in enumerate(labels)}
@@ -87,7 +91,9 @@ def load_splits(spec: DataSpec, seed: int = 42) -> Splits:
             splits[split] = _encode_labels(rows, label_ids, split)
     carved = "validation" not in splits
     if carved:
-        splits["train"], splits["validation"] = _carve_validation(splits["train"], spec.validation_fraction, seed)
+        splits["train"], splits["validation"] = _carve_validation(
+            splits["train"], spec.validation_fraction, seed
+        )
     for split in ("train", "validation", "test"):
         cap = getattr(spec.limits, split)
         splits[split] = _cap(splits[split], cap, seed)
@@ -130,7 +136,9 @@ def _read_split(folder: Path, split: str, spec: DataSpec) -> list[tuple[str, Any
     try:
         records = list(_read_records(path))
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})", hint="re-encode the file as UTF-8") from None
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {exc.start})", hint="re-encode the file as UTF-8"
+        ) from None
     except (OSError, EOFError) as exc:
         raise DataError(f"{path}: cannot read: {exc}") from None
     if not records:
@@ -197,12 +205,16 @@ def _read_hub(spec: DataSpec) -> tuple[dict[str, list[tuple[str, Any]] | None], 
         names = getattr(feature, "names", None)
         if names and labels is None:
             labels = list(names)
-        rows = [(r[spec.text_column], names[r[spec.label_column]] if names else r[spec.label_column]) for r in ds]
+        rows = [
+            (r[spec.text_column], names[r[spec.label_column]] if names else r[spec.label_column]) for r in ds
+        ]
         raw[split] = rows
     return raw, labels
 
 
-def _encode_labels(rows: list[tuple[str, Any]], label_ids: dict[str, int], split: str) -> list[tuple[str, int]]:
+def _encode_labels(
+    rows: list[tuple[str, Any]], label_ids: dict[str, int], split: str
+) -> list[tuple[str, int]]:
     encoded = []
     unknown: Counter[str] = Counter()
     for text, label in rows:
@@ -232,7 +244,7 @@ def _carve_validation(
     for label in sorted(by_class):
         members = by_class[label]
         rng.shuffle(members)
-        n_val = int(round(len(members) * fraction)) if len(members) > 1 else 0
+        n_val = round(len(members) * fraction) if len(members) > 1 else 0
         validation.extend(members[:n_val])
         train.extend(members[n_val:])
     rng.shuffle(train)

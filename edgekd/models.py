@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,7 +46,9 @@ def check_weights_are_safe(folder: str, allow_pickle: bool) -> None:
             )
         warnings.warn(f"loading pickled weights from {folder} because the recipe allows it", stacklevel=2)
         return
-    raise InputError(f"{folder} has no model weights (*.safetensors)", hint="point the recipe at a model folder")
+    raise InputError(
+        f"{folder} has no model weights (*.safetensors)", hint="point the recipe at a model folder"
+    )
 
 
 def load_tokenizer(source: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -150,7 +151,9 @@ def build_from_config(config: dict[str, Any], labels: list[str], vocab_size: int
         raise InputError(f"cannot build a '{model_type}' model from this config: {exc}") from None
 
 
-def resolve_tokenizer(spec: ModelSpec, texts: list[str], fallback: str | None = None) -> PreTrainedTokenizerBase:
+def resolve_tokenizer(
+    spec: ModelSpec, texts: list[str], fallback: str | None = None
+) -> PreTrainedTokenizerBase:
     """The tokenizer a model spec asks for: a folder/Hub id, a freshly trained one, or the model's own."""
     if isinstance(spec.tokenizer, TokenizerBuild):
         return build_tokenizer(spec.tokenizer, texts)
@@ -160,28 +163,31 @@ def resolve_tokenizer(spec: ModelSpec, texts: list[str], fallback: str | None = 
     return load_tokenizer(source, spec.trust_remote_code)
 
 
-def encoder_layers(model: PreTrainedModel) -> Any:
-    """The `nn.ModuleList` of transformer blocks (BERT, RoBERTa, MPNet, ... keep it at `<base>.encoder.layer`)."""
+def _encoder(model: PreTrainedModel) -> Any:
     base = getattr(model, model.base_model_prefix, model)
     encoder = getattr(base, "encoder", None)
-    layers = getattr(encoder, "layer", None)
-    if layers is None:
+    if getattr(encoder, "layer", None) is None:
         raise InputError(f"cannot find the encoder layers of a {type(model).__name__}; use init 'pretrained'")
-    return layers
+    return encoder
+
+
+def encoder_layers(model: PreTrainedModel) -> Any:
+    """The `nn.ModuleList` of transformer blocks (BERT, RoBERTa, MPNet, ... keep it at `<base>.encoder.layer`)."""
+    return _encoder(model).layer
 
 
 def keep_layers(model: PreTrainedModel, layers: list[int]) -> PreTrainedModel:
-    """A copy of `model` with only the listed encoder layers, in that order (embeddings and head are kept)."""
+    """`model` with only the listed encoder layers, in that order (embeddings and head are kept).
+
+    The model is changed in place and returned: the caller loaded it for this purpose.
+    """
     import torch
 
-    blocks = encoder_layers(model)
-    n = len(blocks)
+    encoder = _encoder(model)
+    n = len(encoder.layer)
     bad = [i for i in layers if i >= n]
     if bad:
         raise InputError(f"student.layers {bad} out of range: the source model has {n} layers (0..{n - 1})")
-    student = copy.deepcopy(model)
-    encoder_layers(student)
-    base = getattr(student, student.base_model_prefix, student)
-    base.encoder.layer = torch.nn.ModuleList([copy.deepcopy(blocks[i]) for i in layers])
-    student.config.num_hidden_layers = len(layers)
-    return student
+    encoder.layer = torch.nn.ModuleList([encoder.layer[i] for i in layers])
+    model.config.num_hidden_layers = len(layers)
+    return model

@@ -1,10 +1,10 @@
 """`compress`: run a recipe's stages in order in a run folder, skipping those already done.
 
-    runs/<name>/
-      recipe.resolved.yaml  env.json
-      teacher/ distill/ export/ quantize/   each: artifacts + stage.json
-      report/  report.json  report.md
-      cache/   teacher logits reused across re-runs
+runs/<name>/
+  recipe.resolved.yaml  env.json
+  teacher/ distill/ export/ quantize/   each: artifacts + stage.json
+  report/  report.json  report.md
+  cache/   teacher logits reused across re-runs
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ def compress(
         StageError: a stage failed.
     """
     recipe = load_recipe(recipe_path, overrides)
+    check_model_folders(recipe)
     splits = load_splits(recipe.data, recipe.seed)  # fail on bad data before any training
     log(f"data: {splits.counts()} rows, {len(splits.labels)} classes")
     run_dir = run_dir_for(recipe, output_dir)
@@ -112,6 +113,15 @@ def compress(
             raise StageError(f"the benchmark stage left no readable report: {exc}") from None
     report["run_dir"] = str(run_dir)
     return report
+
+
+def check_model_folders(recipe: Recipe) -> None:
+    """Fail before any work when a recipe points at an offline model folder that `make assets` has not made."""
+    from edgekd.assets import require_asset
+
+    for spec in (recipe.teacher, recipe.student):
+        if spec.model and spec.model != "teacher":
+            require_asset(spec.model)
 
 
 def _environment() -> dict[str, Any]:

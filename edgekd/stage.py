@@ -73,7 +73,8 @@ def fingerprint_path(value: str | None) -> Any:
         return value
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     return [
-        (str(p.relative_to(path)) if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files
+        (str(p.relative_to(path)) if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns)
+        for p in files
     ]
 
 
@@ -108,18 +109,18 @@ def run_stage(
     if done and done.get("key") == key and not force:
         return key, done, True
 
-    tmp = run_dir / f".{stage.folder}.partial"
-    if tmp.exists():  # left over by a killed run
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = prepare_partial_folder(run_dir / f".{stage.folder}.partial", key, log)
     ctx = StageContext(recipe=recipe, run_dir=run_dir, inputs={n: run_dir / n for n in stage.needs}, log=log)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
+    # On failure the partial folder stays (marked with its key) so a re-run can resume from checkpoints;
+    # it never looks finished because it is not at its final name and has no stage.json.
     try:
         result = stage.run(ctx, tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except EdgekdError:
+        shutil.rmtree(tmp, ignore_errors=True)  # bad input or a failed check: nothing worth resuming
         raise
+    (tmp / ".key").unlink(missing_ok=True)
     record = {
         "stage": stage.name,
         "key": key,
@@ -138,6 +139,20 @@ def run_stage(
         shutil.rmtree(tmp, ignore_errors=True)
         raise StageError(f"cannot write the {stage.name} stage into {final}: {exc.strerror or exc}") from None
     return key, record, False
+
+
+def prepare_partial_folder(tmp: Path, key: str, log: Callable[[str], None]) -> Path:
+    """The folder a stage writes into. A partial folder left by an interrupted run of the *same* stage key is
+    kept, so training can resume from its last checkpoint; anything else is cleared."""
+    marker = tmp / ".key"
+    if tmp.exists():
+        if marker.is_file() and marker.read_text().strip() == key:
+            log(f"resuming from the interrupted run in {tmp.name}")
+            return tmp
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    marker.write_text(key)
+    return tmp
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:

@@ -116,3 +116,19 @@ def accuracy_metric(eval_pred: Any) -> dict[str, float]:
 
 def save_log_history(log_history: list[dict[str, Any]], path: Path) -> None:
     path.write_text(json.dumps(log_history, indent=1) + "\n")
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    """The newest Trainer checkpoint in `folder`, if an interrupted run left one (to resume from it)."""
+    if not folder.is_dir():
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch: the Trainer seeds itself, but models are built before it exists."""
+    from transformers import set_seed
+
+    set_seed(seed)

@@ -14,23 +14,62 @@ from pathlib import Path
 TOPICS = {
     "sports": (
         ["the team", "our striker", "the coach", "the keeper", "the home side", "the champion"],
-        ["won the match", "scored twice", "lost the final", "signed a new deal", "missed a penalty", "led the league"],
+        [
+            "won the match",
+            "scored twice",
+            "lost the final",
+            "signed a new deal",
+            "missed a penalty",
+            "led the league",
+        ],
         ["after extra time", "in the derby", "at the stadium", "in the last minute", "before the playoffs"],
     ),
     "weather": (
         ["heavy rain", "a cold front", "the storm", "strong wind", "thick fog", "a heat wave"],
-        ["is expected", "hit the coast", "moved north", "closed the roads", "brought snow", "cooled the city"],
+        [
+            "is expected",
+            "hit the coast",
+            "moved north",
+            "closed the roads",
+            "brought snow",
+            "cooled the city",
+        ],
         ["this weekend", "overnight", "near the mountains", "by tomorrow morning", "across the valley"],
     ),
     "tech": (
-        ["the startup", "a new chip", "the software update", "the phone maker", "the cloud service", "an app"],
-        ["launched a product", "fixed a security bug", "doubled its speed", "crashed again", "raised funding"],
+        [
+            "the startup",
+            "a new chip",
+            "the software update",
+            "the phone maker",
+            "the cloud service",
+            "an app",
+        ],
+        [
+            "launched a product",
+            "fixed a security bug",
+            "doubled its speed",
+            "crashed again",
+            "raised funding",
+        ],
         ["for developers", "in the browser", "on every laptop", "after the outage", "with better batteries"],
     ),
     "food": (
         ["the chef", "a small bakery", "the restaurant", "our kitchen", "the market", "a street vendor"],
-        ["baked fresh bread", "served spicy noodles", "grilled the fish", "made a sweet cake", "sold ripe fruit"],
-        ["with garlic and lemon", "for the dinner crowd", "every sunday", "in a clay oven", "with fresh herbs"],
+        [
+            "baked fresh bread",
+            "served spicy noodles",
+            "grilled the fish",
+            "made a sweet cake",
+            "sold ripe fruit",
+        ],
+        [
+            "with garlic and lemon",
+            "for the dinner crowd",
+            "every sunday",
+            "in a clay oven",
+            "with fresh herbs",
+        ],
     ),
 }
 SIZES = {"train": 480, "validation": 96, "test": 160}

@@ -43,7 +43,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproces
 
 
 def test_smoke_recipe_exits_0_and_prints_the_summary(smoke_run) -> None:
-    run_dir, result = smoke_run
+    _, result = smoke_run
     assert result.returncode == 0, result.stderr[-3000:]
     assert "student-int8-onnx" in result.stdout
     assert "speed-up" in result.stdout
@@ -60,7 +60,9 @@ def test_report_json_follows_the_contract(smoke_run) -> None:
         assert 0.0 <= variant["accuracy"] <= 1.0
         assert variant["size_bytes"] > 0 and variant["params"] > 0
         assert set(variant["latency_ms"]) >= {"p50", "p90", "p99"}
-        assert 0 < variant["latency_ms"]["p50"] <= variant["latency_ms"]["p90"] <= variant["latency_ms"]["p99"]
+        assert (
+            0 < variant["latency_ms"]["p50"] <= variant["latency_ms"]["p90"] <= variant["latency_ms"]["p99"]
+        )
     for gate in report["gates"]:
         assert {"name", "limit", "value", "passed"} <= set(gate)
     assert report["passed"] is True
@@ -97,7 +99,9 @@ def test_rerun_skips_finished_stages_and_a_gate_change_reruns_only_the_benchmark
 
 def test_bad_recipe_is_one_clear_error_with_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(SMOKE.read_text().replace("epochs: 3\n  batch_size: 32\n  learning_rate", "epocs: 3\n  lr"))
+    bad.write_text(
+        SMOKE.read_text().replace("epochs: 3\n  batch_size: 32\n  learning_rate", "epocs: 3\n  lr")
+    )
     result = edgekd("compress", str(bad), "--output-dir", str(tmp_path / "run"))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

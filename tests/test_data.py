@@ -33,7 +33,9 @@ def test_csv_gz_and_parquet(tmp_path: Path) -> None:
 
     with gzip.open(tmp_path / "train.jsonl.gz", "wt") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in ROWS)
-    (tmp_path / "test.csv").write_text("sentence,y\n" + "".join(f"hello {i},{'ab'[i % 2]}\n" for i in range(6)))
+    (tmp_path / "test.csv").write_text(
+        "sentence,y\n" + "".join(f"hello {i},{'ab'[i % 2]}\n" for i in range(6))
+    )
     pq.write_table(pa.Table.from_pylist([{"sentence": "x", "y": "a"}]), tmp_path / "validation.parquet")
     # the three files use different column names on purpose: columns are per recipe, so this must fail clearly
     with pytest.raises(DataError, match="has no column 'text'"):

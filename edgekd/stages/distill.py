@@ -31,7 +31,9 @@ from edgekd.stage import StageContext, StageResult, fingerprint_path, read_stage
 from edgekd.training import (
     accuracy_metric,
     choose_precision,
+    last_checkpoint,
     save_log_history,
+    seed_everything,
     tokenize,
     training_arguments,
 )
@@ -47,7 +49,9 @@ class DistillStage:
             "seed": recipe.seed,
             "data": recipe.data.model_dump(mode="json"),
             "student": recipe.student.model_dump(mode="json"),
-            "student_files": fingerprint_path(recipe.student.model if recipe.student.model != "teacher" else None),
+            "student_files": fingerprint_path(
+                recipe.student.model if recipe.student.model != "teacher" else None
+            ),
             "distill": recipe.distill.model_dump(mode="json"),
         }
 
@@ -57,8 +61,10 @@ class DistillStage:
         teacher_dir = ctx.inputs["teacher"] / "model"
         precision = choose_precision(recipe.distill.precision)
         logits = {
-            split: cached_teacher_logits(teacher_dir, splits, split, recipe, ctx) for split in ("train", "validation")
+            split: cached_teacher_logits(teacher_dir, splits, split, recipe, ctx)
+            for split in ("train", "validation")
         }
+        seed_everything(recipe.distill.seed)  # before any fresh head or model is initialised
         student, tokenizer = build_student(recipe, splits, teacher_dir)
         model, metrics = train_student(student, tokenizer, splits, logits, recipe, precision, out_dir, ctx)
         model.save_pretrained(out_dir / "model", safe_serialization=True)
@@ -104,7 +110,9 @@ def build_student(recipe: Recipe, splits: Splits, teacher_dir: Path) -> tuple[An
 # Teacher outputs
 
 
-def cached_teacher_logits(teacher_dir: Path, splits: Splits, split: str, recipe: Recipe, ctx: StageContext) -> Any:
+def cached_teacher_logits(
+    teacher_dir: Path, splits: Splits, split: str, recipe: Recipe, ctx: StageContext
+) -> Any:
     """The teacher's logits for every row of `split`, from <run>/cache/ or computed once and stored there."""
     teacher_record = read_stage_json(teacher_dir.parent) or {}
     key = stable_hash(
@@ -142,7 +150,11 @@ def teacher_logits(teacher_dir: Path, texts: list[str], max_length: int, desc: s
         for start in tqdm(range(0, len(order), batch), desc=f"teacher logits {desc}", unit="batch"):
             idx = order[start : start + batch]
             enc = tokenizer(
-                [texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+                [texts[i] for i in idx],
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
             )
             out[idx] = model(**enc).logits.float().numpy()
     return out
@@ -184,14 +196,21 @@ def train_student(
     )
     args.remove_unused_columns = False  # keep teacher_logits for compute_loss
     trainer = make_distill_trainer(student, tokenizer, args, train, validation, spec.alpha, spec.temperature)
-    ctx.log(f"distilling into the student on {len(train)} rows ({precision}, alpha {spec.alpha}, T {spec.temperature})")
+    ctx.log(
+        f"distilling into the student on {len(train)} rows ({precision}, alpha {spec.alpha}, T {spec.temperature})"
+    )
     t0 = time.perf_counter()
-    output = trainer.train()
+    resume = last_checkpoint(checkpoints)
+    if resume:
+        ctx.log(f"resuming training from {Path(resume).name}")
+    output = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
     final = trainer.evaluate()
     save_log_history(trainer.state.log_history, out_dir / "log_history.json")
     shutil.rmtree(checkpoints, ignore_errors=True)
-    teacher_val_acc = float((logits["validation"].argmax(-1) == np.array(splits.label_ids("validation"))).mean())
+    teacher_val_acc = float(
+        (logits["validation"].argmax(-1) == np.array(splits.label_ids("validation"))).mean()
+    )
     return trainer.model.eval(), {
         "precision": precision,
         "train_rows": len(train),
@@ -221,7 +240,11 @@ def make_distill_trainer(
             self._parts: dict[str, list[float]] = {"ce": [], "kd": []}
 
         def compute_loss(
-            self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+            self,
+            model: Any,
+            inputs: dict[str, Any],
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
         ) -> Any:
             targets = inputs.pop("teacher_logits")
             labels = inputs.pop("labels", None)

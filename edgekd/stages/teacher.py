@@ -19,7 +19,9 @@ from edgekd.stage import StageContext, StageResult, fingerprint_path
 from edgekd.training import (
     accuracy_metric,
     choose_precision,
+    last_checkpoint,
     save_log_history,
+    seed_everything,
     tokenize,
     training_arguments,
 )
@@ -43,6 +45,7 @@ class TeacherStage:
         recipe = ctx.recipe
         spec = recipe.teacher
         splits = load_splits(recipe.data, recipe.seed)
+        seed_everything(recipe.seed)  # before any fresh head or model is initialised
         tokenizer = resolve_tokenizer(spec, splits.texts("train"))
         known = model_labels(spec.model, spec.trust_remote_code) if spec.model else None
         if known is not None:
@@ -124,7 +127,10 @@ def finetune(
     )
     ctx.log(f"fine-tuning the teacher on {len(train)} rows ({precision})")
     t0 = time.perf_counter()
-    output = trainer.train()
+    resume = last_checkpoint(checkpoints)
+    if resume:
+        ctx.log(f"resuming training from {Path(resume).name}")
+    output = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
     final = trainer.evaluate()
     save_log_history(trainer.state.log_history, out_dir / "log_history.json")
@@ -139,6 +145,7 @@ def finetune(
         "validation_accuracy": final["eval_accuracy"],
         "train_seconds": round(seconds, 1),
         "train_samples_per_s": round(output.metrics.get("train_samples_per_second", 0.0), 2),
-        "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
+        "best_checkpoint": trainer.state.best_model_checkpoint
+        and Path(trainer.state.best_model_checkpoint).name,
         "epochs_run": round(trainer.state.epoch or 0.0, 3),
     }

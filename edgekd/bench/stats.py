@@ -1,0 +1,192 @@
+"""Benchmark statistics: latency percentiles, bootstrap confidence intervals, classification scores.
+
+Pure numpy, so the numbers in a report can be recomputed from its raw files without the training stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+# Bootstrap resamples are drawn in blocks so that a large test set never needs an (n_boot x n) matrix at once.
+_MAX_BLOCK_ELEMENTS = 4_000_000
+
+
+def percentiles(samples: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """Latency summary: median, tail percentiles and mean.
+
+    Args:
+        samples: One value per request (e.g. milliseconds).
+
+    Returns:
+        {"p50", "p90", "p99", "mean", "n"}; percentiles use linear interpolation between order statistics.
+
+    Raises:
+        ValueError: When `samples` is empty.
+    """
+    values = _as_1d(samples)
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "mean": float(values.mean()),
+        "n": int(values.size),
+    }
+
+
+def bootstrap_ci(
+    samples: Sequence[float] | np.ndarray,
+    stat: Callable[..., Any] = np.median,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of a statistic.
+
+    Args:
+        samples: The observed values.
+        stat: Reduction taking an array and `axis=1` (np.median, np.mean, ...), applied to each resample.
+        n_boot: Number of resamples.
+        seed: Seed of the resampling RNG, so a report is reproducible.
+        confidence: Coverage of the interval (0.95 gives the 2.5th..97.5th percentiles of the resampled stat).
+
+    Returns:
+        (lo, hi).
+
+    Raises:
+        ValueError: When `samples` is empty or the arguments are out of range.
+    """
+    values = _as_1d(samples)
+    _check_bootstrap_args(n_boot, confidence)
+    boot = _resampled_stats(values, stat, n_boot, seed)
+    return _interval(boot, confidence)
+
+
+def accuracy_diff_ci(
+    correct_a: Sequence[bool] | np.ndarray,
+    correct_b: Sequence[bool] | np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
+    """Paired bootstrap of accuracy(a) - accuracy(b) on the same examples.
+
+    Resampling examples (not each model separately) keeps the pairing: both models see the same resample, so
+    the interval reflects how often they disagree, and is much narrower than two independent intervals.
+
+    Args:
+        correct_a: Per example, whether model a was right.
+        correct_b: Per example, whether model b was right (same examples, same order).
+        n_boot: Number of resamples.
+        seed: Seed of the resampling RNG.
+        confidence: Coverage of the interval.
+
+    Returns:
+        (difference, lo, hi) as fractions (multiply by 100 for points).
+
+    Raises:
+        ValueError: When the inputs are empty or of different lengths.
+    """
+    a = _as_1d(correct_a).astype(np.float64)
+    b = _as_1d(correct_b).astype(np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples differ in length: {a.size} vs {b.size}")
+    _check_bootstrap_args(n_boot, confidence)
+    per_example = a - b
+    boot = _resampled_stats(per_example, np.mean, n_boot, seed)
+    lo, hi = _interval(boot, confidence)
+    return float(per_example.mean()), lo, hi
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
+    """Counts with true classes as rows and predicted classes as columns.
+
+    Raises:
+        ValueError: When the inputs differ in length or hold ids outside [0, n_classes).
+    """
+    true = np.asarray(y_true, dtype=np.int64)
+    pred = np.asarray(y_pred, dtype=np.int64)
+    if true.shape != pred.shape:
+        raise ValueError(f"y_true and y_pred differ in length: {true.size} vs {pred.size}")
+    for name, ids in (("y_true", true), ("y_pred", pred)):
+        if ids.size and (ids.min() < 0 or ids.max() >= n_classes):
+            raise ValueError(f"{name} holds class ids outside [0, {n_classes})")
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (true, pred), 1)
+    return matrix
+
+
+def per_class_scores(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> list[dict[str, float]]:
+    """Precision, recall, F1 and support of every class (0 where a ratio has nothing to divide by).
+
+    Returns:
+        One dict per class id: {"precision", "recall", "f1", "support"}.
+    """
+    matrix = confusion_matrix(y_true, y_pred, n_classes)
+    true_pos = np.diag(matrix).astype(np.float64)
+    predicted = matrix.sum(axis=0).astype(np.float64)
+    actual = matrix.sum(axis=1).astype(np.float64)
+    precision = _safe_divide(true_pos, predicted)
+    recall = _safe_divide(true_pos, actual)
+    f1 = _safe_divide(2 * precision * recall, precision + recall)
+    return [
+        {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for p, r, f, s in zip(precision, recall, f1, actual, strict=True)
+    ]
+
+
+def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> float:
+    """Unweighted mean F1 over the classes that occur in `y_true` or `y_pred` (as scikit-learn does).
+
+    A class that never occurs in either is left out rather than counted as F1 = 0, so a small test set that
+    lacks a rare class is not penalised for it.
+    """
+    matrix = confusion_matrix(y_true, y_pred, n_classes)
+    present = (matrix.sum(axis=0) + matrix.sum(axis=1)) > 0
+    if not present.any():
+        return 0.0
+    scores = per_class_scores(y_true, y_pred, n_classes)
+    return float(np.mean([s["f1"] for s, keep in zip(scores, present, strict=True) if keep]))
+
+
+def _as_1d(samples: Sequence[Any] | np.ndarray) -> np.ndarray:
+    values = np.asarray(samples)
+    if values.ndim != 1:
+        values = values.reshape(-1)
+    if values.size == 0:
+        raise ValueError("no samples")
+    return values
+
+
+def _check_bootstrap_args(n_boot: int, confidence: float) -> None:
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
+def _resampled_stats(values: np.ndarray, stat: Callable[..., Any], n_boot: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = values.size
+    block = max(1, _MAX_BLOCK_ELEMENTS // n)
+    out = np.empty(n_boot, dtype=np.float64)
+    for start in range(0, n_boot, block):
+        rows = min(block, n_boot - start)
+        idx = rng.integers(0, n, size=(rows, n))
+        out[start : start + rows] = stat(values[idx], axis=1)
+    return out
+
+
+def _interval(boot: np.ndarray, confidence: float) -> tuple[float, float]:
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    lo, hi = np.percentile(boot, [tail, 100.0 - tail])
+    return float(lo), float(hi)
+
+
+def _safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(num, dtype=np.float64)
+    np.divide(num, den, out=out, where=den > 0)
+    return out

@@ -1,0 +1,357 @@
+"""Sign-off gates and the human-readable report.
+
+The gates compare the deployable variant (`student-int8-onnx`) with the reference (`teacher`); a gate that the
+recipe leaves unset is not checked. The numbers come from the variant dicts of report.json, so a report can be
+re-judged against other limits without measuring again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgekd.recipe import GatesSpec
+
+REFERENCE = "teacher"
+CANDIDATE = "student-int8-onnx"
+MB = 1e6
+# Limits are inclusive. Accuracies are ratios of counts, so a drop of exactly 2 points can come out as
+# 2.0000000000000018; a relative tolerance far below any meaningful difference keeps such a gate passing.
+GATE_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class GateRule:
+    """One gate: `value(reference, candidate)` must stay at most (`max`) or at least (`min`) the limit."""
+
+    name: str
+    kind: str
+    unit: str
+    description: str
+    value: Callable[[Mapping[str, Any], Mapping[str, Any]], float]
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator > 0 else math.inf
+
+
+GATE_RULES: tuple[GateRule, ...] = (
+    GateRule(
+        "max_accuracy_drop_pts",
+        "max",
+        "pts",
+        "teacher accuracy minus candidate accuracy, in percentage points",
+        lambda ref, cand: (ref["accuracy"] - cand["accuracy"]) * 100.0,
+    ),
+    GateRule(
+        "max_latency_p90_ms",
+        "max",
+        "ms",
+        "candidate p90 batch-1 latency of the model call",
+        lambda ref, cand: float(cand["latency_ms"]["p90"]),
+    ),
+    GateRule(
+        "max_size_mb",
+        "max",
+        "MB",
+        "candidate deployed size (weights + config + tokenizer), MB = 1e6 bytes",
+        lambda ref, cand: cand["size_bytes"] / MB,
+    ),
+    GateRule(
+        "min_speedup_p50",
+        "min",
+        "x",
+        "teacher p50 latency divided by candidate p50 latency",
+        lambda ref, cand: _ratio(ref["latency_ms"]["p50"], cand["latency_ms"]["p50"]),
+    ),
+    GateRule(
+        "min_compression",
+        "min",
+        "x",
+        "teacher size divided by candidate size",
+        lambda ref, cand: _ratio(ref["size_bytes"], cand["size_bytes"]),
+    ),
+    GateRule(
+        "min_accuracy",
+        "min",
+        "",
+        "candidate accuracy (fraction)",
+        lambda ref, cand: float(cand["accuracy"]),
+    ),
+)
+
+
+def evaluate_gates(
+    variants: Sequence[Mapping[str, Any]],
+    gates_spec: GatesSpec | Mapping[str, float | None],
+    reference: str = REFERENCE,
+    candidate: str = CANDIDATE,
+) -> list[dict[str, Any]]:
+    """Check the candidate variant against every gate the recipe sets.
+
+    Args:
+        variants: Variant dicts as in report.json (need name, accuracy, size_bytes, latency_ms.p50/p90).
+        gates_spec: The recipe's gates; None values are not checked.
+        reference: Name of the variant the candidate is compared with.
+        candidate: Name of the variant that must pass.
+
+    Returns:
+        One dict per set gate, in the order of `GATE_RULES`: name, limit, value, passed (limits are
+        inclusive, up to `GATE_TOLERANCE` for float rounding), plus comparison
+        ("<=" or ">="), unit, candidate, reference and a description.
+
+    Raises:
+        ValueError: When a named variant is missing, or `gates_spec` names an unknown gate.
+    """
+    limits = gates_spec.model_dump() if isinstance(gates_spec, GatesSpec) else dict(gates_spec)
+    unknown = set(limits) - {rule.name for rule in GATE_RULES}
+    if unknown:
+        raise ValueError(f"unknown gate(s): {', '.join(sorted(unknown))}")
+    by_name = {v["name"]: v for v in variants}
+    missing = [name for name in (reference, candidate) if name not in by_name]
+    if missing:
+        raise ValueError(f"the report has no variant named {', '.join(missing)}")
+    ref, cand = by_name[reference], by_name[candidate]
+    results = []
+    for rule in GATE_RULES:
+        limit = limits.get(rule.name)
+        if limit is None:
+            continue
+        value = float(rule.value(ref, cand))
+        slack = GATE_TOLERANCE * max(1.0, abs(limit))
+        passed = value <= limit + slack if rule.kind == "max" else value >= limit - slack
+        results.append(
+            {
+                "name": rule.name,
+                "limit": float(limit),
+                "value": value,
+                "passed": bool(passed),
+                "comparison": "<=" if rule.kind == "max" else ">=",
+                "unit": rule.unit,
+                "candidate": candidate,
+                "reference": reference,
+                "description": rule.description,
+            }
+        )
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def summary_rows(report: Mapping[str, Any]) -> list[list[str]]:
+    """Rows for the terminal summary: variant, accuracy, size MB, p50 ms, p90 ms, speed-up, compression."""
+    rows = []
+    for v in report.get("variants", []):
+        latency = v.get("latency_ms", {})
+        rows.append(
+            [
+                str(v["name"]),
+                _num(v.get("accuracy"), 4),
+                _num(_mb(v.get("size_bytes")), 2),
+                _num(latency.get("p50"), 3),
+                _num(latency.get("p90"), 3),
+                _times(v.get("speedup_p50")),
+                _times(v.get("compression")),
+            ]
+        )
+    return rows
+
+
+def write_report_md(report: Mapping[str, Any], path: str | Path) -> None:
+    """Write the sign-off page: verdict, setup, variants table, gates with PASS/FAIL, per-class F1, notes."""
+    sections = [
+        _verdict_section(report),
+        _setup_section(report),
+        _variants_section(report),
+        _gates_section(report),
+        _per_class_section(report),
+        _notes_section(report),
+    ]
+    text = "\n\n".join(s for s in sections if s).rstrip() + "\n"
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def _verdict_section(report: Mapping[str, Any]) -> str:
+    gates = report.get("gates", [])
+    failed = [g["name"] for g in gates if not g["passed"]]
+    if not gates:
+        verdict = "**Verdict: PASS** (no gates set: nothing was checked)"
+    elif failed:
+        verdict = f"**Verdict: FAIL**: {len(failed)} of {len(gates)} gates failed ({', '.join(failed)})"
+    else:
+        verdict = f"**Verdict: PASS**: all {len(gates)} gates passed"
+    created = report.get("created_utc", "")
+    lines = [
+        f"# edgekd sign-off report: {report.get('recipe', '')}",
+        "",
+        verdict,
+        "",
+        f"edgekd {report.get('edgekd_version', '?')}" + (f", generated {created}" if created else ""),
+    ]
+    return "\n".join(lines)
+
+
+def _setup_section(report: Mapping[str, Any]) -> str:
+    env = report.get("environment", {})
+    cpu = env.get("cpu", {})
+    flags = [name for name, present in (cpu.get("flags") or {}).items() if present]
+    versions = env.get("versions", {})
+    libs = ", ".join(f"{name} {version}" for name, version in versions.items() if version)
+    bench = report.get("benchmark", {})
+    load = env.get("load_average")
+    lines = [
+        "## Setup",
+        "",
+        f"- CPU: {cpu.get('model', '?')}; {cpu.get('logical_cores', '?')} logical cores, "
+        f"{cpu.get('usable_cores', '?')} usable; flags: {', '.join(flags) or 'none of note'}",
+        f"- Libraries: {libs or '?'}",
+        f"- Python {env.get('python', '?')} on {env.get('platform', '?')}",
+        f"- Load average at start (1/5/15 min): {', '.join(map(str, load)) if load else '?'}",
+    ]
+    if bench:
+        lines += [
+            f"- **Threads per model: {bench.get('threads')}** (intra-op; inter-op 1; a process per variant)",
+            f"- Latency: batch 1, {bench.get('latency_samples')} test texts drawn with seed "
+            f"{bench.get('seed')}, after {bench.get('warmup')} warm-up requests",
+            f"- Accuracy: all {bench.get('test_texts')} test texts, batch {bench.get('batch_size')}, "
+            f"max_length {bench.get('max_length')}",
+        ]
+    return "\n".join(lines)
+
+
+def _variants_section(report: Mapping[str, Any]) -> str:
+    reference = report.get("reference", REFERENCE)
+    header = [
+        "variant",
+        "format",
+        "accuracy",
+        f"Δ acc vs {reference} pts (95% CI)",
+        "macro-F1",
+        f"agreement w/ {reference}",
+        "size MB",
+        "compression",
+        "params",
+        "p50 ms (95% CI)",
+        "p90 ms",
+        "p99 ms",
+        "e2e p50 ms",
+        "tokenize p50 ms",
+        "speed-up p50",
+        "peak RSS MB",
+    ]
+    rows = []
+    for v in report.get("variants", []):
+        latency = v.get("latency_ms", {})
+        diff = v.get("accuracy_diff_vs_reference_pts") or {}
+        rows.append(
+            [
+                f"`{v['name']}`",
+                str(v.get("format", "")),
+                _num(v.get("accuracy"), 4),
+                _with_ci(diff.get("diff"), diff.get("ci95"), 2, signed=True),
+                _num(v.get("macro_f1"), 4),
+                _num(v.get("agreement_with_reference"), 4),
+                _num(_mb(v.get("size_bytes")), 2),
+                _times(v.get("compression")),
+                f"{v['params']:,}" if isinstance(v.get("params"), int) else "–",
+                _with_ci(latency.get("p50"), latency.get("p50_ci95"), 3),
+                _num(latency.get("p90"), 3),
+                _num(latency.get("p99"), 3),
+                _num((v.get("latency_e2e_ms") or {}).get("p50"), 3),
+                _num((v.get("tokenize_ms") or {}).get("p50"), 3),
+                _times(v.get("speedup_p50")),
+                _num(v.get("peak_rss_mb"), 1),
+            ]
+        )
+    return "## Variants\n\n" + _table(header, rows)
+
+
+def _gates_section(report: Mapping[str, Any]) -> str:
+    gates = report.get("gates", [])
+    title = f"## Gates ({report.get('candidate', CANDIDATE)} vs {report.get('reference', REFERENCE)})"
+    if not gates:
+        return f"{title}\n\nNo gates are set in the recipe."
+    rows = [
+        [
+            f"`{g['name']}`",
+            f"{g.get('comparison', '')} {g['limit']:.4g} {g.get('unit', '')}".strip(),
+            f"{g['value']:.4g} {g.get('unit', '')}".strip(),
+            "PASS" if g["passed"] else "**FAIL**",
+            str(g.get("description", "")),
+        ]
+        for g in gates
+    ]
+    return f"{title}\n\n" + _table(["gate", "limit", "value", "result", "measured as"], rows)
+
+
+def _per_class_section(report: Mapping[str, Any]) -> str:
+    variants = [v for v in report.get("variants", []) if v.get("per_class")]
+    if not variants:
+        return ""
+    labels = list(variants[0]["per_class"])
+    header = ["class", "support", *(f"F1 `{v['name']}`" for v in variants)]
+    rows = []
+    for label in labels:
+        support = variants[0]["per_class"][label].get("support")
+        cells = [_num(v["per_class"].get(label, {}).get("f1"), 3) for v in variants]
+        rows.append([str(label), str(support), *cells])
+    return "## Per-class F1\n\n" + _table(header, rows)
+
+
+def _notes_section(report: Mapping[str, Any]) -> str:
+    lines = [
+        "## How to read this",
+        "",
+        "- **Latency** (`p50/p90/p99 ms`) is the model call alone, one request at a time, timed per request "
+        "with `time.perf_counter_ns`; **tokenize** is the tokenizer alone and **e2e** the sum of both. "
+        "The p50 CI is a bootstrap 95% interval of the median.",
+        "- **Speed-up** and **compression** are the reference's p50 latency and size divided by the "
+        "variant's.",
+        "- **Size** counts the files a deployment ships (weights, config, tokenizer); MB = 10^6 bytes. "
+        "**Params** are read from file headers (ONNX: stored initializers, quantized ones included).",
+        "- **Δ acc** is the variant's accuracy minus the reference's on the same test texts, with a paired "
+        "bootstrap 95% interval; **agreement** is the share of texts where both predict the same class.",
+        "- **Peak RSS** is the worker process's peak resident memory after loading the model and serving the "
+        "batch-1 requests; it includes the runtime itself (torch + transformers for PyTorch variants).",
+    ]
+    warnings = report.get("warnings") or []
+    if warnings:
+        lines += ["", "## Warnings", "", *(f"- {w}" for w in warnings)]
+    return "\n".join(lines)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _mb(size_bytes: Any) -> float | None:
+    return size_bytes / MB if isinstance(size_bytes, int | float) else None
+
+
+def _num(value: Any, digits: int) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "–"
+    if math.isinf(value):
+        return "∞"
+    return f"{value:.{digits}f}"
+
+
+def _times(value: Any) -> str:
+    text = _num(value, 2)
+    return text if text == "–" else f"{text}x"
+
+
+def _with_ci(value: Any, ci: Any, digits: int, signed: bool = False) -> str:
+    if not isinstance(value, int | float):
+        return "–"
+    text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    if isinstance(ci, list | tuple) and len(ci) == 2:
+        text += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    return text

@@ -1,0 +1,368 @@
+"""Torch-free inference on an exported edgekd folder: numpy, onnxruntime and tokenizers only.
+
+A folder written by the export or quantize stage holds `model.onnx`, `tokenizer.json` and `edgekd.json`
+(labels, max_length). That is all a device needs:
+
+    from edgekd.runtime import Classifier
+
+    clf = Classifier.load("runs/smoke/quantize", threads=1)
+    clf.predict(["the striker scored twice"])[0].label
+
+Behaviour worth knowing:
+
+* Texts longer than `max_length` tokens are truncated (the end is cut, [SEP] kept), as in training; the first
+  truncation per classifier emits one `TruncationWarning`.
+* The empty string is a valid input: it tokenizes to [CLS] [SEP] and gets a prediction like any other text.
+* A folder without edgekd.json still loads: labels come from config.json's id2label and max_length from the
+  tokenizer config or the model's position embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from edgekd.errors import InputError
+
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+MANIFEST_FILE = "edgekd.json"
+CONFIG_FILE = "config.json"
+# The inputs a transformer text classifier's graph can declare and this runtime knows how to fill.
+FEEDABLE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Used only for folders without edgekd.json whose configs do not say either.
+DEFAULT_MAX_LENGTH = 512
+# transformers' "no limit" sentinel for model_max_length is ~1e30; anything this large means "not set".
+UNSET_MODEL_MAX_LENGTH = 1_000_000
+
+
+class TruncationWarning(UserWarning):
+    """A text was longer than the model's max_length and was truncated."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One text's prediction.
+
+    Attributes:
+        label: The most probable class.
+        score: Its softmax probability.
+        scores: Probability of every class, in the model's class order.
+    """
+
+    label: str
+    score: float
+    scores: dict[str, float]
+
+
+class Classifier:
+    """An ONNX text classifier with its tokenizer; build it with `Classifier.load(folder)`."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        tokenizer: Tokenizer,
+        labels: list[str],
+        max_length: int,
+        folder: Path,
+    ) -> None:
+        self.session = session
+        self.tokenizer = tokenizer
+        self.labels = labels
+        self.max_length = max_length
+        self.folder = folder
+        self.input_names = check_graph_inputs(session, folder)
+        self.output_name = check_graph_output(session, len(labels), folder)
+        self._truncation_reported = False
+
+    @classmethod
+    def load(cls, folder: str | Path, threads: int | None = None, inter_threads: int = 1) -> Classifier:
+        """Load an exported folder (model.onnx, tokenizer.json, edgekd.json or config.json).
+
+        Args:
+            folder: The folder an edgekd export or quantize stage wrote.
+            threads: Intra-op threads; None lets ONNX Runtime use one per physical core.
+            inter_threads: Inter-op threads (only used by parallel execution; kept at 1 by default).
+
+        Raises:
+            InputError: a file is missing or unreadable, the folder names no labels, or the ONNX graph has
+                inputs or outputs a text classifier does not have.
+        """
+        root = Path(folder)
+        if not root.is_dir():
+            raise InputError(
+                f"model folder not found: {root}", hint="pass the export or quantize folder of a run"
+            )
+        for name in (MODEL_FILE, TOKENIZER_FILE):
+            if not (root / name).is_file():
+                raise InputError(
+                    f"{root} has no {name}",
+                    hint="pass a folder written by the edgekd export or quantize stage",
+                )
+        if threads is not None and threads < 1:
+            raise InputError(f"threads must be at least 1 (or None for automatic), got {threads}")
+        if inter_threads < 1:
+            raise InputError(f"inter_threads must be at least 1, got {inter_threads}")
+        manifest = _read_json(root / MANIFEST_FILE)
+        config = _read_json(root / CONFIG_FILE)
+        labels = read_labels(root, manifest, config)
+        max_length = read_max_length(root, manifest, config)
+        tokenizer = load_tokenizer(root, max_length, config)
+        session = create_session(root / MODEL_FILE, threads, inter_threads)
+        return cls(session, tokenizer, labels, max_length, root)
+
+    def encode(self, texts: str | Iterable[str]) -> dict[str, np.ndarray]:
+        """Tokenize texts into the int64 arrays the ONNX graph takes, padded to the longest text.
+
+        Args:
+            texts: One text or an iterable of texts.
+
+        Returns:
+            A feed dict with exactly the inputs the graph declares.
+        """
+        return self._encode(_as_text_list(texts), caller_depth=1)
+
+    def predict_logits(self, texts: str | Iterable[str], batch_size: int = 32) -> np.ndarray:
+        """Raw logits, shape (number of texts, number of classes), float32.
+
+        Args:
+            texts: One text or an iterable of texts.
+            batch_size: Texts per forward pass.
+        """
+        return self._logits(_as_text_list(texts), batch_size, caller_depth=1)
+
+    def predict(self, texts: str | Iterable[str], batch_size: int = 32) -> list[Prediction]:
+        """The most probable class of each text, with its probability and every class's probability.
+
+        Args:
+            texts: One text or an iterable of texts (a single string counts as one text).
+            batch_size: Texts per forward pass.
+        """
+        probabilities = softmax(self._logits(_as_text_list(texts), batch_size, caller_depth=1))
+        predictions = []
+        for row in probabilities:
+            best = int(row.argmax())
+            predictions.append(
+                Prediction(
+                    label=self.labels[best],
+                    score=float(row[best]),
+                    scores={label: float(p) for label, p in zip(self.labels, row, strict=True)},
+                )
+            )
+        return predictions
+
+    def _logits(self, batch: list[str], batch_size: int, caller_depth: int) -> np.ndarray:
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        if not batch:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        chunks = []
+        # A loop, not a comprehension: before Python 3.12 a comprehension is a frame of its own, which would
+        # move the truncation warning off the caller's line.
+        for start in range(0, len(batch), batch_size):
+            feed = self._encode(batch[start : start + batch_size], caller_depth + 1)
+            chunks.append(self.session.run([self.output_name], feed)[0])
+        return np.concatenate(chunks).astype(np.float32, copy=False)
+
+    def _encode(self, batch: list[str], caller_depth: int) -> dict[str, np.ndarray]:
+        """`caller_depth`: frames between this method and the user's call, so the warning points at it."""
+        encodings = self.tokenizer.encode_batch(batch)
+        if not self._truncation_reported and any(encoding.overflowing for encoding in encodings):
+            self._truncation_reported = True
+            warnings.warn(
+                f"a text longer than max_length={self.max_length} tokens was truncated "
+                "(further truncations by this classifier are not reported)",
+                TruncationWarning,
+                stacklevel=caller_depth + 2,
+            )
+        fields = {
+            "input_ids": [encoding.ids for encoding in encodings],
+            "attention_mask": [encoding.attention_mask for encoding in encodings],
+            "token_type_ids": [encoding.type_ids for encoding in encodings],
+        }
+        return {name: np.asarray(fields[name], dtype=np.int64) for name in self.input_names}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def create_session(onnx_path: Path, threads: int | None, inter_threads: int = 1) -> ort.InferenceSession:
+    """A CPU session tuned for predictable latency: sequential execution and no busy-waiting threads.
+
+    Raises:
+        InputError: ONNX Runtime cannot load the file.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0  # 0 = ONNX Runtime's default, one per physical core
+    options.inter_op_num_threads = inter_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning threads burn a core between requests and distort latency on a shared machine.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ONNX Runtime raises its own exception types per failure
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"ONNX Runtime cannot load {onnx_path}: {message}") from None
+
+
+def load_tokenizer(folder: Path, max_length: int, config: dict[str, Any] | None = None) -> Tokenizer:
+    """The folder's tokenizer.json, set to truncate at `max_length` and pad to the longest text of a batch.
+
+    Raises:
+        InputError: tokenizer.json cannot be read.
+    """
+    try:
+        tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+    except Exception as exc:  # tokenizers raises a bare Exception for malformed files
+        raise InputError(f"cannot read {folder / TOKENIZER_FILE}: {str(exc).splitlines()[0]}") from None
+    pad_id, pad_token = find_pad_token(folder, tokenizer, config or {})
+    tokenizer.enable_truncation(max_length=max_length)
+    tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
+    return tokenizer
+
+
+def find_pad_token(folder: Path, tokenizer: Tokenizer, config: dict[str, Any]) -> tuple[int, str]:
+    """The padding token (id, text): tokenizer_config.json, then special_tokens_map.json, then config.json.
+
+    The id matters beyond the attention mask: RoBERTa-style models derive position ids from it.
+    """
+    for file_name in ("tokenizer_config.json", "special_tokens_map.json"):
+        token = (_read_json(folder / file_name) or {}).get("pad_token")
+        if isinstance(token, dict):
+            token = token.get("content")
+        if isinstance(token, str):
+            token_id = tokenizer.token_to_id(token)
+            if token_id is not None:
+                return token_id, token
+    pad_id = config.get("pad_token_id")
+    if isinstance(pad_id, int) and pad_id >= 0:
+        return pad_id, tokenizer.id_to_token(pad_id) or "[PAD]"
+    return 0, tokenizer.id_to_token(0) or "[PAD]"
+
+
+def read_labels(folder: Path, manifest: dict[str, Any] | None, config: dict[str, Any] | None) -> list[str]:
+    """Class names in id order: edgekd.json's `labels`, else config.json's `id2label`.
+
+    Raises:
+        InputError: neither file names the classes.
+    """
+    labels = (manifest or {}).get("labels")
+    if isinstance(labels, list) and labels and all(isinstance(label, str) for label in labels):
+        return labels
+    id2label = (config or {}).get("id2label")
+    if isinstance(id2label, dict) and id2label:
+        try:
+            by_id = {int(k): str(v) for k, v in id2label.items()}
+        except (TypeError, ValueError):
+            by_id = {}
+        if sorted(by_id) == list(range(len(by_id))):
+            return [by_id[i] for i in range(len(by_id))]
+    raise InputError(
+        f"{folder} names no classes: edgekd.json has no 'labels' and config.json no usable 'id2label'",
+        hint="pass a folder written by the edgekd export or quantize stage",
+    )
+
+
+def read_max_length(folder: Path, manifest: dict[str, Any] | None, config: dict[str, Any] | None) -> int:
+    """Truncation length: edgekd.json's max_length, else the tokenizer's or the model's limit, else 512."""
+    value = (manifest or {}).get("max_length")
+    if isinstance(value, int) and value > 0:
+        return value
+    tokenizer_limit = (_read_json(folder / "tokenizer_config.json") or {}).get("model_max_length")
+    if isinstance(tokenizer_limit, (int, float)) and 0 < tokenizer_limit < UNSET_MODEL_MAX_LENGTH:
+        return int(tokenizer_limit)
+    positions = (config or {}).get("max_position_embeddings")
+    if isinstance(positions, int) and positions > 0:
+        return min(positions, DEFAULT_MAX_LENGTH)
+    return DEFAULT_MAX_LENGTH
+
+
+def check_graph_inputs(session: ort.InferenceSession, folder: Path) -> list[str]:
+    """The graph's input names, checked to be token-level int64 tensors this runtime can fill.
+
+    Raises:
+        InputError: an input is neither input_ids, attention_mask nor token_type_ids, is not int64, or
+            input_ids is missing.
+    """
+    declared = {graph_input.name: graph_input.type for graph_input in session.get_inputs()}
+    unknown = [name for name in declared if name not in FEEDABLE_INPUTS]
+    wrong_type = [
+        name for name, kind in declared.items() if name in FEEDABLE_INPUTS and kind != "tensor(int64)"
+    ]
+    if unknown or wrong_type or "input_ids" not in declared:
+        shown = ", ".join(f"{name}: {kind}" for name, kind in declared.items())
+        raise InputError(
+            f"{folder / MODEL_FILE} is not a text classifier this runtime can feed: its inputs are {shown}",
+            hint=f"the runtime feeds {', '.join(FEEDABLE_INPUTS)} as tensor(int64)",
+        )
+    return list(declared)
+
+
+def check_graph_output(session: ort.InferenceSession, num_labels: int, folder: Path) -> str:
+    """The logits output name ('logits', else the first output), checked against the number of classes.
+
+    Raises:
+        InputError: the output is not (batch, classes) or its class count differs from the labels'.
+    """
+    outputs = {graph_output.name: graph_output.shape for graph_output in session.get_outputs()}
+    name = "logits" if "logits" in outputs else next(iter(outputs))
+    shape = outputs[name]
+    classes = shape[-1] if shape else None
+    if len(shape) != 2 or (isinstance(classes, int) and classes != num_labels):
+        raise InputError(
+            f"{folder / MODEL_FILE} outputs '{name}' with shape {shape}, "
+            f"but the folder names {num_labels} classes: (batch, {num_labels}) was expected"
+        )
+    return name
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, shifted by the row max so large logits cannot overflow."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def _as_text_list(texts: str | Iterable[str]) -> list[str]:
+    """One text or an iterable of texts (list, tuple, numpy array, pandas Series) as a list of str."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, bytearray, dict)) or not isinstance(texts, Iterable):
+        raise InputError(f"texts must be a string or an iterable of strings, got {type(texts).__name__}")
+    batch = list(texts)
+    for i, text in enumerate(batch):
+        if not isinstance(text, str):
+            raise InputError(f"texts[{i}] is a {type(text).__name__}, not a string")
+    return batch
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from `path`, None when the file does not exist.
+
+    Raises:
+        InputError: the file exists but is not a JSON object.
+    """
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} is not a JSON object")
+    return data

@@ -1,0 +1,64 @@
+"""Generate the README's results table from committed benchmark reports (never typed by hand).
+
+python scripts/readme_table.py          # rewrite the table between the markers in README.md
+python scripts/readme_table.py --check  # exit 1 when README.md and the reports disagree
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def report_paths() -> list[Path]:
+    return sorted(RESULTS.glob("*/report.json"))
+
+
+def render_table(reports: list[Path]) -> str:
+    """One markdown table; each run's variants against its first variant (the teacher)."""
+    lines = [
+        "| run | variant | format | accuracy | size MB | p50 ms | p90 ms | speed-up p50 | compression |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path in reports:
+        report = json.loads(path.read_text())
+        ref = report["variants"][0]
+        for v in report["variants"]:
+            speedup = ref["latency_ms"]["p50"] / v["latency_ms"]["p50"]
+            compression = ref["size_bytes"] / v["size_bytes"]
+            lines.append(
+                f"| {path.parent.name} | {v['name']} | {v['format']} | {100 * v['accuracy']:.2f}% "
+                f"| {v['size_bytes'] / 1e6:.1f} | {v['latency_ms']['p50']:.2f} | {v['latency_ms']['p90']:.2f} "
+                f"| {speedup:.1f}x | {compression:.1f}x |"
+            )
+    return "\n".join(lines)
+
+
+def updated_readme(readme: str, table: str) -> str:
+    head, _, rest = readme.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    return f"{head}{BEGIN}\n{table}\n{END}{tail}"
+
+
+def main(argv: list[str]) -> int:
+    readme_path = REPO / "README.md"
+    readme = readme_path.read_text()
+    want = updated_readme(readme, render_table(report_paths()))
+    if "--check" in argv:
+        if want != readme:
+            print(
+                "README.md results table is out of date: run python scripts/readme_table.py", file=sys.stderr
+            )
+            return 1
+        return 0
+    readme_path.write_text(want)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,221 @@
+"""Export and quantize stages on the tiny BERT: artifact contract, parity, INT8 graph, round trips."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekd.errors import InputError, ParityError
+from edgekd.recipe import Recipe, load_recipe
+from edgekd.stage import StageContext, StageResult
+from edgekd.stages import export as export_module
+from edgekd.stages.export import ExportStage, check_parity, compare_logits
+from edgekd.stages.quantize import QuantizeStage, count_quantized_matmuls, count_weight_matmuls
+
+REPO = Path(__file__).resolve().parent.parent
+PARITY_SAMPLES = 24
+TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"}
+EXPORT_FILES = {"model.onnx", "config.json", "edgekd.json", "parity.json", *TOKENIZER_FILES}
+QUANTIZE_FILES = {"model.onnx", "config.json", "edgekd.json", "quantize.json", *TOKENIZER_FILES}
+# 2 layers x (query, key, value, attention output, intermediate, output) + pooler + classifier.
+TINY_BERT_WEIGHT_MATMULS = 2 * 6 + 2
+
+
+def smoke_recipe(*overrides: str) -> Recipe:
+    return load_recipe(
+        REPO / "recipes" / "smoke.yaml", [f"export.parity_samples={PARITY_SAMPLES}", *overrides]
+    )
+
+
+def run_stage(
+    stage: ExportStage | QuantizeStage, recipe: Recipe, inputs: dict[str, Path], out: Path
+) -> StageResult:
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = StageContext(recipe=recipe, run_dir=out.parent, inputs=inputs, log=lambda message: None)
+    return stage.run(ctx, out)
+
+
+def file_names(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def distill_dir(tiny_classifier_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("distill")
+    shutil.copytree(tiny_classifier_dir, root / "model")
+    return root
+
+
+@pytest.fixture(scope="module")
+def exported(distill_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, StageResult, list]:
+    """The export stage's folder and result, and every outbound connection the run attempted."""
+    attempts: list = []
+
+    def refuse(sock: socket.socket, address: object) -> None:
+        attempts.append(address)
+        raise OSError("network disabled in tests")
+
+    out = tmp_path_factory.mktemp("run") / "export"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", refuse)
+        result = run_stage(ExportStage(), smoke_recipe(), {"distill": distill_dir}, out)
+    return out, result, attempts
+
+
+@pytest.fixture(scope="module")
+def quantized(exported: tuple[Path, StageResult, list]) -> tuple[Path, StageResult]:
+    export_dir = exported[0]
+    out = export_dir.parent / "quantize"
+    return out, run_stage(QuantizeStage(), smoke_recipe(), {"export": export_dir}, out)
+
+
+def torch_argmax_labels(model_dir: Path, texts: list[str], max_length: int) -> list[str]:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        ids = model(**encoded).logits.argmax(-1).tolist()
+    return [model.config.id2label[i] for i in ids]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Export
+
+
+def test_export_writes_exactly_the_contracted_files(exported, toy_labels):
+    folder, _, _ = exported
+    assert file_names(folder) == EXPORT_FILES
+    manifest = json.loads((folder / "edgekd.json").read_text())
+    assert manifest["labels"] == toy_labels
+    assert manifest["max_length"] == 32
+    assert manifest["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    provenance = manifest["provenance"]
+    assert provenance["recipe"] == "smoke"
+    assert provenance["opset"] == 17
+    assert provenance["edgekd_version"]
+    assert Path(provenance["source"]).name == "model"
+
+
+def test_export_graph_has_dynamic_batch_and_sequence_axes(exported):
+    import onnx
+
+    graph = onnx.load(str(exported[0] / "model.onnx")).graph
+    for graph_input in graph.input:
+        dims = graph_input.type.tensor_type.shape.dim
+        assert [bool(d.dim_param) for d in dims] == [True, True], graph_input.name
+
+
+def test_export_parity_is_within_tolerance_on_real_texts(exported):
+    folder, result, _ = exported
+    parity = json.loads((folder / "parity.json").read_text())
+    assert parity["samples"] == PARITY_SAMPLES
+    assert parity["passed"] is True
+    assert result.metrics["max_abs_diff"] == parity["max_abs_diff"] <= parity["atol"] == 1e-3
+    assert result.metrics["argmax_agreement"] == parity["argmax_agreement"] == 1.0
+    assert result.metrics["onnx_bytes"] == (folder / "model.onnx").stat().st_size
+
+
+def test_export_makes_no_network_call(exported):
+    assert exported[2] == []
+
+
+def test_export_fails_with_parity_error_when_atol_is_tiny(exported, distill_dir, tmp_path, monkeypatch):
+    measured = json.loads((exported[0] / "parity.json").read_text())["max_abs_diff"]
+    if measured == 0.0:  # bit-identical logits: perturb the ONNX side so a difference exists
+        real = export_module._onnx_logits
+        monkeypatch.setattr(export_module, "_onnx_logits", lambda s, a: real(s, a) + np.float32(1e-6))
+    with pytest.raises(ParityError, match=r"max abs diff .* \(tolerance export\.atol = 1\.0e-12\)") as info:
+        run_stage(
+            ExportStage(), smoke_recipe("export.atol=1e-12"), {"distill": distill_dir}, tmp_path / "export"
+        )
+    assert f"on {PARITY_SAMPLES} validation texts" in str(info.value)
+
+
+def test_parity_error_when_a_predicted_class_changes_within_atol():
+    reference = np.array([[0.30, 0.10], [0.10, 0.20]], dtype=np.float32)
+    candidate = np.array([[0.30, 0.10], [0.21, 0.20]], dtype=np.float32)  # row 2 flips, |diff| 0.11
+    report = compare_logits(reference, candidate)
+    assert report.argmax_agreement == 0.5
+    with pytest.raises(ParityError, match=r"argmax agreement 50\.00% \(1 text\(s\) get another class"):
+        check_parity(report, atol=1.0)
+    check_parity(compare_logits(reference, reference), atol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Quantize
+
+
+def test_quantize_writes_exactly_the_contracted_files(exported, quantized, toy_labels):
+    folder, result = quantized
+    assert file_names(folder) == QUANTIZE_FILES
+    manifest = json.loads((folder / "edgekd.json").read_text())
+    export_manifest = json.loads((exported[0] / "edgekd.json").read_text())
+    assert manifest["labels"] == toy_labels
+    assert manifest["provenance"] == export_manifest["provenance"]
+    assert manifest["precision"] == "int8-dynamic"
+    quantization = manifest["quantization"]
+    assert quantization["tool"] == "onnxruntime.quantization.quantize_dynamic"
+    assert quantization["settings"]["weight_type"] == "qint8"
+    assert quantization["settings"]["op_types"] == ["MatMul", "Gemm", "Attention"]
+    report = json.loads((folder / "quantize.json").read_text())
+    assert report["settings"] == quantization["settings"]
+    assert report["fp32_bytes"] == result.metrics["fp32_bytes"] == (exported[0] / "model.onnx").stat().st_size
+    assert report["int8_bytes"] == result.metrics["int8_bytes"] == (folder / "model.onnx").stat().st_size
+    assert report["int8_bytes"] < report["fp32_bytes"]
+
+
+def test_every_weight_matmul_is_quantized(exported, quantized):
+    fp32, int8 = exported[0] / "model.onnx", quantized[0] / "model.onnx"
+    assert count_quantized_matmuls(fp32) == 0
+    assert count_weight_matmuls(fp32) == TINY_BERT_WEIGHT_MATMULS
+    assert (
+        count_quantized_matmuls(int8) == TINY_BERT_WEIGHT_MATMULS == quantized[1].metrics["quantized_matmuls"]
+    )
+
+
+def test_excluding_the_classifier_gemm_by_its_exported_name_keeps_it_fp32(exported, tmp_path):
+    recipe = smoke_recipe("quantize.nodes_to_exclude=['/classifier/Gemm']")
+    result = run_stage(QuantizeStage(), recipe, {"export": exported[0]}, tmp_path / "quantize")
+    assert result.metrics["quantized_matmuls"] == TINY_BERT_WEIGHT_MATMULS - 1
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("quantize.op_types=['Matmul']", "did you mean 'MatMul'"),
+        ("quantize.nodes_to_exclude=['/classifier/Gem']", "no node named '/classifier/Gem'"),
+    ],
+)
+def test_quantize_rejects_settings_that_would_silently_do_nothing(exported, tmp_path, override, message):
+    with pytest.raises(InputError, match=message):
+        run_stage(QuantizeStage(), smoke_recipe(override), {"export": exported[0]}, tmp_path / "quantize")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Round trips through optimum and transformers
+
+
+@pytest.mark.parametrize("variant", ["export", "quantize"])
+def test_folder_loads_in_optimum_and_runs_in_a_pipeline(variant, exported, quantized, distill_dir, toy_texts):
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer, pipeline
+
+    folder = exported[0] if variant == "export" else quantized[0]
+    model = ORTModelForSequenceClassification.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    classify = pipeline("text-classification", model=model, tokenizer=tokenizer)
+    texts = toy_texts[:8]
+    predicted = [row["label"] for row in classify(texts, truncation=True, max_length=32)]
+    expected = torch_argmax_labels(distill_dir / "model", texts, max_length=32)
+    if variant == "export":
+        assert predicted == expected
+    else:  # INT8 may legitimately flip near-ties; the labels must still be the model's classes
+        assert set(predicted) <= set(model.config.id2label.values())

@@ -1,0 +1,37 @@
+"""The README's results table is generated from the committed reports and must agree with them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("readme_table", REPO / "scripts" / "readme_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_table_matches_the_committed_reports() -> None:
+    script = load_script()
+    readme = (REPO / "README.md").read_text()
+    assert script.updated_readme(readme, script.render_table(script.report_paths())) == readme
+
+
+def test_render_table_from_a_report(tmp_path: Path) -> None:
+    script = load_script()
+    variant = {"name": "teacher", "format": "pytorch", "accuracy": 0.9, "size_bytes": 4_000_000}
+    report = {
+        "variants": [
+            {**variant, "latency_ms": {"p50": 10.0, "p90": 12.0}},
+            {**variant, "name": "s", "size_bytes": 1_000_000, "latency_ms": {"p50": 2.0, "p90": 3.0}},
+        ]
+    }
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "report.json").write_text(json.dumps(report))
+    table = script.render_table([tmp_path / "x" / "report.json"])
+    assert "| x | s | pytorch | 90.00% | 1.0 | 2.00 | 3.00 | 5.0x | 4.0x |" in table
