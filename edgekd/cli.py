@@ -37,7 +37,8 @@ SetOption = Annotated[
 
 
 def _log(message: str) -> None:
-    console.print(f"[dim]edgekd[/dim] {message}", highlight=False)
+    # Text, not markup: messages contain "[stage]" prefixes and user values that rich would eat as tags.
+    console.print(Text("edgekd ", style="dim") + Text(message), highlight=False)
 
 
 @app.command()
@@ -83,6 +84,70 @@ def assets(
         out.print(f"{name}: {path}")
 
 
+@app.command()
+def benchmark(
+    model_dirs: Annotated[
+        list[Path], typer.Argument(help="Model folders (PyTorch or ONNX); the first is the reference.")
+    ],
+    data: Annotated[Path, typer.Option(help="Data folder with train and test splits, as in a recipe.")],
+    labels: Annotated[
+        str | None,
+        typer.Option("--labels", "--labels-name", help="Class names in id order, comma-separated."),
+    ] = None,
+    text_column: Annotated[str, typer.Option(help="Text column of the data files.")] = "text",
+    label_column: Annotated[str, typer.Option(help="Label column of the data files.")] = "label",
+    names: Annotated[str | None, typer.Option(help="Model names, comma-separated (default: folders).")] = None,
+    candidate: Annotated[
+        str | None, typer.Option(help="The model the gates judge (default: the last one).")
+    ] = None,
+    threads: Annotated[int, typer.Option(help="Threads per model for latency and accuracy.")] = 1,
+    samples: Annotated[int, typer.Option(help="Batch-1 latency requests per model.")] = 200,
+    warmup: Annotated[int, typer.Option(help="Untimed requests per model first.")] = 20,
+    max_length: Annotated[int, typer.Option(help="Truncation length in tokens.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Batch size of the accuracy pass.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of the latency sample.")] = 42,
+    output_dir: Annotated[Path, typer.Option(help="Where the report files go.")] = Path("runs/benchmark"),
+    gate: Annotated[
+        list[str] | None, typer.Option(help="A sign-off gate, e.g. max_accuracy_drop_pts=1 (repeatable).")
+    ] = None,
+) -> None:
+    """Benchmark any model folders on a dataset: report.json, report.md and report.html (exit 3 on a failed gate)."""
+    from edgekd.bench import harness
+
+    models = harness.models_from_folders(model_dirs, names.split(",") if names else None)
+    spec = harness.data_spec_for(
+        data, max_length, labels.split(",") if labels else None, text_column, label_column
+    )
+    settings = harness.HarnessSettings(
+        threads=threads,
+        latency_samples=samples,
+        warmup=warmup,
+        batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
+    )
+    gates = harness.parse_gates(gate or [])
+    report = harness.benchmark_folders(
+        models, spec, output_dir, settings, gates, title="benchmark", candidate=candidate, log=_log
+    )
+    print_summary(report)
+    out.print(f"report: {output_dir}/report.md, {output_dir}/report.html")
+    if not report["passed"]:
+        failed = [g["name"] for g in report["gates"] if not g["passed"]]
+        raise GateFailed(f"sign-off gate(s) failed: {', '.join(failed)}", hint="see the report for the numbers")
+
+
+@app.command()
+def compare(
+    report_a: Annotated[Path, typer.Argument(help="report.json, a report folder or a run folder.")],
+    report_b: Annotated[Path, typer.Argument(help="The report to compare with the first.")],
+) -> None:
+    """Show what changed between two benchmark reports, per model and in the environment."""
+    from edgekd.compare import compare_reports, print_comparison
+
+    print_comparison(compare_reports(report_a, report_b), out)
+
+
 def print_summary(report: dict[str, Any]) -> None:
     """The end-of-run table: each variant against the reference (the teacher)."""
     from edgekd.report import summary_rows
@@ -109,9 +174,19 @@ def _root(
         raise typer.Exit()
 
 
+def _quiet_third_party_logs() -> None:
+    # torchao (pulled in by neural-compressor[pt]) and torch's pytree print load failures and deprecation
+    # notices on every transformers import; they are noise for edgekd users, so only errors get through.
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree", "torch._dynamo"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app and map errors to one line and an exit code."""
     debug = os.environ.get("EDGEKD_DEBUG") == "1"
+    _quiet_third_party_logs()
     try:
         app(args=argv, standalone_mode=False)
     except EdgekdError as exc:
