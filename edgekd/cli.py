@@ -96,7 +96,9 @@ def benchmark(
     ] = None,
     text_column: Annotated[str, typer.Option(help="Text column of the data files.")] = "text",
     label_column: Annotated[str, typer.Option(help="Label column of the data files.")] = "label",
-    names: Annotated[str | None, typer.Option(help="Model names, comma-separated (default: folders).")] = None,
+    names: Annotated[
+        str | None, typer.Option(help="Model names, comma-separated (default: folders).")
+    ] = None,
     candidate: Annotated[
         str | None, typer.Option(help="The model the gates judge (default: the last one).")
     ] = None,
@@ -134,7 +136,9 @@ def benchmark(
     out.print(f"report: {output_dir}/report.md, {output_dir}/report.html")
     if not report["passed"]:
         failed = [g["name"] for g in report["gates"] if not g["passed"]]
-        raise GateFailed(f"sign-off gate(s) failed: {', '.join(failed)}", hint="see the report for the numbers")
+        raise GateFailed(
+            f"sign-off gate(s) failed: {', '.join(failed)}", hint="see the report for the numbers"
+        )
 
 
 @app.command()
@@ -146,6 +150,35 @@ def compare(
     from edgekd.compare import compare_reports, print_comparison
 
     print_comparison(compare_reports(report_a, report_b), out)
+
+
+@app.command()
+def predict(
+    folder: Annotated[Path, typer.Argument(help="An exported folder: a run's quantize/ or export/.")],
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file", "-f", help="UTF-8 file, one text per line ('-' reads stdin; blank lines skipped)."
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Intra-op threads (default: one per core).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 32,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON with every class's probability.")
+    ] = False,
+) -> None:
+    """Classify texts with an exported folder on the torch-free runtime: label and score per text.
+
+    Texts longer than the model's max_length are truncated (one note says so).
+    """
+    from edgekd.predict import predict_command  # torch-free: numpy, onnxruntime, tokenizers
+
+    predict_command(
+        folder, texts or [], file, threads, batch_size, as_json, echo=lambda line: print(line), note=_log
+    )
 
 
 def print_summary(report: dict[str, Any]) -> None:
@@ -217,9 +250,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_error(exc: EdgekdError) -> None:
     # markup=False: messages quote user input (field paths, label names) that may contain [brackets].
-    console.print(Text("error: ", style="red") + Text(exc.message), highlight=False)
+    # soft_wrap: one line stays one line (rich would break it at 80 columns when stderr is not a terminal).
+    console.print(Text("error: ", style="red") + Text(exc.message), highlight=False, soft_wrap=True)
     if exc.hint:
-        console.print(f"  hint: {exc.hint}", highlight=False, markup=False)
+        console.print(f"  hint: {exc.hint}", highlight=False, markup=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

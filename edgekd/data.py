@@ -12,8 +12,9 @@ import gzip
 import io
 import json
 import random
+import zlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,13 +34,18 @@ SUFFIXES = (".jsonl.gz", ".jsonl", ".json", ".csv", ".csv.gz", ".parquet")
 
 @dataclass
 class Splits:
-    """The three splits as lists of (text, label id), plus the class names in id order."""
+    """The three splits as lists of (text, label id), plus the class names in id order.
+
+    `warnings` lists problems that do not stop a run but make its numbers less meaningful (a class without
+    test rows, test texts that also appear in train); `pipeline.compress` logs them once.
+    """
 
     labels: list[str]
     train: list[tuple[str, int]]
     validation: list[tuple[str, int]]
     test: list[tuple[str, int]]
     validation_carved: bool = False
+    warnings: list[str] = field(default_factory=list)
 
     def texts(self, split: str) -> list[str]:
         return [t for t, _ in getattr(self, split)]
@@ -84,6 +90,11 @@ def load_splits(spec: DataSpec, seed: int = 42) -> Splits:
         )
     if labels is None:
         labels = sorted({str(label) for _, label in raw["train"]})
+    if len(labels) < 2:
+        raise DataError(
+            f"a classifier needs at least 2 classes; the data has {len(labels)}: {labels}",
+            hint="check data.label_column, labels.txt or data.labels",
+        )
     label_ids = {name: i for i, name in enumerate(labels)}
     splits: dict[str, list[tuple[str, int]]] = {}
     for split, rows in raw.items():
@@ -97,7 +108,62 @@ def load_splits(spec: DataSpec, seed: int = 42) -> Splits:
     for split in ("train", "validation", "test"):
         cap = getattr(spec.limits, split)
         splits[split] = _cap(splits[split], cap, seed)
-    return Splits(labels=list(labels), validation_carved=carved, **splits)
+    result = Splits(
+        labels=list(labels),
+        train=splits["train"],
+        validation=splits["validation"],
+        test=splits["test"],
+        validation_carved=carved,
+    )
+    check_every_class_is_trained(result, capped=spec.limits.train is not None)
+    result.warnings = [w for w in (untested_classes_warning(result), overlap_warning(result)) if w]
+    return result
+
+
+def check_every_class_is_trained(splits: Splits, capped: bool) -> None:
+    """A class without train rows can never be predicted: the model would silently learn one class fewer.
+
+    Raises:
+        DataError: naming the classes without train rows.
+    """
+    missing = _classes_without_rows(splits, "train")
+    if missing:
+        hint = "add train rows for them, or remove them from labels.txt / data.labels"
+        if capped:
+            hint = "raise data.limits.train, " + hint
+        raise DataError(f"{len(missing)} class(es) have no train rows: {_names(missing)}", hint=hint)
+
+
+def untested_classes_warning(splits: Splits) -> str | None:
+    """Small test sets happen, so a class without test rows is a warning: its accuracy is simply not measured."""
+    missing = _classes_without_rows(splits, "test")
+    if not missing:
+        return None
+    return (
+        f"{len(missing)} class(es) have no test rows, so the report does not measure them: {_names(missing)}"
+    )
+
+
+def overlap_warning(splits: Splits) -> str | None:
+    """Test texts that are exact copies of train texts inflate test accuracy (the model has seen them)."""
+    train_texts = set(splits.texts("train"))
+    duplicates = sum(1 for text in splits.texts("test") if text in train_texts)
+    if not duplicates:
+        return None
+    return (
+        f"{duplicates} of {len(splits.test)} test texts also appear in train (exact duplicates): "
+        "test accuracy will look better than it is"
+    )
+
+
+def _classes_without_rows(splits: Splits, split: str) -> list[str]:
+    present = set(splits.label_ids(split))
+    return [name for i, name in enumerate(splits.labels) if i not in present]
+
+
+def _names(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _find_folder(path: str) -> Path:
@@ -123,9 +189,18 @@ def _read_labels_file(folder: Path) -> list[str] | None:
     path = folder / "labels.txt"
     if not path.is_file():
         return None
-    labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if len(set(labels)) != len(labels):
-        raise DataError(f"{path}: duplicate class names")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})", hint="re-encode it as UTF-8") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if not labels:
+        raise DataError(f"{path}: no class names", hint="list one class name per line, or delete the file")
+    duplicates = sorted({name for name in labels if labels.count(name) > 1})
+    if duplicates:
+        raise DataError(f"{path}: duplicate class names: {_names(duplicates)}")
     return labels
 
 
@@ -139,8 +214,10 @@ def _read_split(folder: Path, split: str, spec: DataSpec) -> list[tuple[str, Any
         raise DataError(
             f"{path}: not UTF-8 text (byte {exc.start})", hint="re-encode the file as UTF-8"
         ) from None
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error, csv.Error) as exc:
         raise DataError(f"{path}: cannot read: {exc}") from None
+    except ValueError as exc:  # pyarrow's ArrowInvalid for a file that is not parquet
+        raise DataError(f"{path}: cannot read: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
     if not records:
         raise DataError(f"{path}: the file has no rows")
     rows = []

@@ -1,9 +1,18 @@
 """One error hierarchy, mapped by the CLI to a one-line message, a hint and an exit code.
 
-Exit codes: 0 success, 1 unexpected failure, 2 bad recipe or input, 3 a sign-off gate failed.
+Exit codes: 0 success, 1 a failure that is not the input's fault (including a full disk or a folder that cannot
+be written: `ResourceError`), 2 bad recipe or input, 3 a sign-off gate failed.
 """
 
 from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+# errno values that mean "the machine", not the input or edgekd, stopped a write.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 class EdgekdError(Exception):
@@ -75,6 +84,55 @@ class RunLockedError(EdgekdError):
     """Another edgekd process holds the lock on this run folder."""
 
     exit_code = 2
+
+
+class ResourceError(EdgekdError):
+    """The environment stopped edgekd: the disk is full or a folder is not writable. Nothing is wrong with the
+    recipe; the hint names the folder to fix, after which the same command resumes."""
+
+    exit_code = 1
+
+
+def resource_error(exc: BaseException, folder: str | Path, doing: str) -> ResourceError | None:
+    """A `ResourceError` when `exc` (or an exception it was raised from) means a full disk or a folder that
+    cannot be written; None for any other failure.
+
+    Libraries do not always raise `OSError` for these (safetensors and torch.save wrap them in their own
+    exceptions), so besides the errno the system's own wording of the error is recognised.
+
+    Args:
+        exc: The exception that stopped a write.
+        folder: The folder the user should look at (it goes into the hint).
+        doing: What edgekd was doing, e.g. "writing the distill stage".
+    """
+    code = _resource_errno(exc)
+    if code in DISK_FULL:
+        return ResourceError(
+            f"no space left on the device while {doing}",
+            hint=f"free disk space in {folder}, then run the same command again to resume",
+        )
+    if code in NOT_WRITABLE:
+        reason = os.strerror(code)
+        return ResourceError(
+            f"{reason[0].lower()}{reason[1:]} while {doing}",
+            hint=f"check the permissions of {folder} (or use --output-dir), then run the same command again",
+        )
+    return None
+
+
+def _resource_errno(exc: BaseException) -> int | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL | NOT_WRITABLE:
+            return current.errno
+        text = str(current)
+        for code in sorted(DISK_FULL | NOT_WRITABLE):
+            if os.strerror(code) in text:
+                return code
+        current = current.__cause__ or current.__context__
+    return None
 
 
 class GateFailed(EdgekdError):

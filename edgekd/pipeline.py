@@ -18,22 +18,31 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.data import load_splits
-from edgekd.errors import InputError, RunLockedError, StageError
+from edgekd.errors import InputError, RunLockedError, StageError, resource_error
 from edgekd.recipe import Recipe, load_recipe, recipe_to_yaml
 from edgekd.stage import Stage, run_stage, write_json
 
 RUNS_ROOT = Path("runs")
 
 
-def stages() -> list[Stage]:
-    """The chain, in order. Imported here so `import edgekd` stays light."""
+def stages(recipe: Recipe | None = None) -> list[Stage]:
+    """The chain, in order. Imported here so `import edgekd` stays light.
+
+    With `prune_vocab.enabled`, the vocabulary-pruning stage sits between distill and export and export reads
+    its model; otherwise the chain (and every cache key) is exactly as without the stage.
+    """
     from edgekd.stages.benchmark import BenchmarkStage
     from edgekd.stages.distill import DistillStage
     from edgekd.stages.export import ExportStage
+    from edgekd.stages.prune_vocab import PruneVocabStage
     from edgekd.stages.quantize import QuantizeStage
     from edgekd.stages.teacher import TeacherStage
 
-    return [TeacherStage(), DistillStage(), ExportStage(), QuantizeStage(), BenchmarkStage()]
+    if recipe is not None and recipe.prune_vocab.enabled:
+        student: list[Stage] = [DistillStage(), PruneVocabStage(), ExportStage(source="prune_vocab")]
+    else:
+        student = [DistillStage(), ExportStage()]
+    return [TeacherStage(), *student, QuantizeStage(), BenchmarkStage()]
 
 
 def run_dir_for(recipe: Recipe, output_dir: str | Path | None) -> Path:
@@ -47,10 +56,25 @@ def run_dir_for(recipe: Recipe, output_dir: str | Path | None) -> Path:
 
 
 @contextmanager
+def writing_in(run_dir: Path, doing: str) -> Iterator[None]:
+    """Turn an OSError while edgekd writes its own files in `run_dir` into a one-line error: a ResourceError
+    for a full disk or a folder that cannot be written, else an InputError about the folder."""
+    try:
+        yield
+    except OSError as exc:
+        problem = resource_error(exc, run_dir, doing) or InputError(
+            f"{doing} in {run_dir} failed: {exc.strerror or exc}",
+            hint="choose another folder with --output-dir",
+        )
+        raise problem from None
+
+
+@contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """One edgekd process per run folder: a second one gets a clear error instead of corrupting the first."""
     lock_path = run_dir / ".lock"
-    handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole run
+    with writing_in(run_dir, "creating the lock file"):
+        handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole run
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -94,13 +118,17 @@ def compress(
     check_model_folders(recipe)
     splits = load_splits(recipe.data, recipe.seed)  # fail on bad data before any training
     log(f"data: {splits.counts()} rows, {len(splits.labels)} classes")
+    for warning in splits.warnings:
+        log(f"warning: {warning}")
     run_dir = run_dir_for(recipe, output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with writing_in(run_dir, "creating the run folder"):
+        run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):
-        (run_dir / "recipe.resolved.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
-        write_json(run_dir / "env.json", _environment())
+        with writing_in(run_dir, "writing recipe.resolved.yaml and env.json"):
+            (run_dir / "recipe.resolved.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
+            write_json(run_dir / "env.json", _environment())
         keys: dict[str, str] = {}
-        for stage in stages():
+        for stage in stages(recipe):
             inputs = {name: keys[name] for name in stage.needs}
             key, record, skipped = run_stage(stage, recipe, run_dir, inputs, force=force, log=log)
             keys[stage.name] = key

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,12 +19,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgekd.errors import RecipeError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+# A recipe is a short hand-written file. These limits turn hostile or broken input (YAML alias bombs,
+# self-referencing aliases, thousands of nesting levels, numbers no field can use) into a clear RecipeError
+# before anything walks the structure, hashes it or hands it to a library.
+MAX_RECIPE_BYTES = 256 * 1024
+MAX_DEPTH = 32
+MAX_VALUES = 10_000
+MAX_ABS_INT = 10**18
+SEED_LIMIT = 2**32  # numpy and torch take seeds in [0, 2**32)
 
 
 class Strict(BaseModel):
     """Base for every recipe section: unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # allow_inf_nan=False: `epochs: .inf` satisfies `gt=0` but breaks training much later.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class Limits(Strict):
@@ -135,8 +145,96 @@ class StudentSpec(ModelSpec):
         return self
 
 
+def _check_layer_map(v: list[int] | None) -> list[int] | None:
+    if v is not None and (not v or any(i < 0 for i in v)):
+        raise ValueError("layer_map lists a non-negative teacher layer for each student layer")
+    return v
+
+
+class HiddenLossSpec(Strict):
+    """Hidden-state MSE between mapped layers (a learned linear projection bridges different widths)."""
+
+    weight: float = Field(0.0, ge=0)
+    layer_map: list[int] | None = None
+    """Teacher layer (0-based) for each student layer. Default: student i <-> teacher round((i+1)*T/S)-1."""
+    embeddings: bool = False
+    """Also match the embedding outputs."""
+    projection: Literal["linear", "none"] = "linear"
+    """How a student of another width is compared: a learned linear map (trained, not saved), or refuse."""
+
+    @field_validator("layer_map")
+    @classmethod
+    def _layers_non_negative(cls, v: list[int] | None) -> list[int] | None:
+        return _check_layer_map(v)
+
+
+class AttentionLossSpec(Strict):
+    """KL between the attention distributions of mapped layers (needs identical tokenization)."""
+
+    weight: float = Field(0.0, ge=0)
+    layer_map: list[int] | None = None
+    """Teacher layer for each student layer; default uniform as for hidden states."""
+
+    @field_validator("layer_map")
+    @classmethod
+    def _layers_non_negative(cls, v: list[int] | None) -> list[int] | None:
+        return _check_layer_map(v)
+
+
+class LossesSpec(Strict):
+    """Intermediate-layer losses added to the logit loss; weight 0 (the default) switches one off."""
+
+    hidden: HiddenLossSpec = HiddenLossSpec()
+    attention: AttentionLossSpec = AttentionLossSpec()
+
+
+def _ordered_range(v: tuple[float, float]) -> tuple[float, float]:
+    if v[0] > v[1]:
+        raise ValueError(f"range [min, max] has min {v[0]} > max {v[1]}")
+    return v
+
+
+class SearchSpec(Strict):
+    """Optuna search over distillation settings; each range is [min, max]. n_trials 0 means no search."""
+
+    n_trials: int = Field(0, ge=0, le=1000)
+    alpha: tuple[float, float] = (0.1, 0.9)
+    temperature: tuple[float, float] = (1.0, 8.0)
+    learning_rate: tuple[float, float] = (1e-5, 5e-4)
+    epochs: tuple[int, int] = (1, 4)
+    pruning: bool = True
+    """Stop trials whose per-epoch validation accuracy is below the median of earlier trials."""
+
+    @field_validator("alpha", "temperature", "learning_rate", "epochs")
+    @classmethod
+    def _min_not_above_max(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return _ordered_range(v)
+
+    @model_validator(mode="after")
+    def _in_domain(self) -> SearchSpec:
+        if self.alpha[0] < 0 or self.alpha[1] > 1:
+            raise ValueError("alpha range must lie within [0, 1]")
+        if self.temperature[0] <= 0:
+            raise ValueError("temperature range must be > 0")
+        if self.learning_rate[0] <= 0 or self.learning_rate[1] >= 1:
+            raise ValueError("learning_rate range must lie within (0, 1)")
+        if self.epochs[0] < 1:
+            raise ValueError("epochs range must be >= 1")
+        return self
+
+
+class UnlabeledSpec(Strict):
+    """Extra text without labels: the teacher labels it and the student learns from those soft targets."""
+
+    path: str
+    """A .jsonl/.csv/.parquet/.txt file or a folder of them (relative to the recipe)."""
+    text_column: str = "text"
+    limit: int | None = Field(None, ge=1)
+    """Use at most this many texts (the first N after a seeded shuffle)."""
+
+
 class DistillSpec(Strict):
-    """Logit distillation: loss = alpha*CE + (1-alpha)*T^2*KL(softmax(t/T) || softmax(s/T))."""
+    """Distillation: loss = alpha*CE + (1-alpha)*T^2*KL(softmax(t/T) || softmax(s/T)) + intermediate losses."""
 
     epochs: float = Field(3.0, gt=0)
     batch_size: int = Field(32, ge=1)
@@ -145,9 +243,12 @@ class DistillSpec(Strict):
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     alpha: float = Field(0.5, ge=0, le=1)
     temperature: float = Field(2.0, gt=0)
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=SEED_LIMIT)
     max_steps: int | None = Field(None, ge=1)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    losses: LossesSpec = LossesSpec()
+    search: SearchSpec = SearchSpec()
+    unlabeled: UnlabeledSpec | None = None
 
 
 class ExportSpec(Strict):
@@ -157,14 +258,38 @@ class ExportSpec(Strict):
     parity_samples: int = Field(64, ge=1)
 
 
-class QuantizeSpec(Strict):
-    """Dynamic INT8 with ONNX Runtime."""
+class PruneVocabSpec(Strict):
+    """Shrink the student's embedding matrix and WordPiece vocabulary to the tokens the training data uses."""
 
-    weight_type: Literal["qint8", "quint8"] = "qint8"
+    enabled: bool = False
+    reserve: int = Field(0, ge=0)
+    """Also keep this many further tokens (most frequent in train below min_count first, then by vocab id)."""
+    min_count: int = Field(1, ge=1)
+    """A token is kept when it occurs at least this often in the tokenized training texts."""
+
+
+class QuantizeSpec(Strict):
+    """INT8 with ONNX Runtime: dynamic (default) or static; accuracy-aware when a drop budget is set."""
+
+    mode: Literal["dynamic", "static"] = "dynamic"
+    weight_type: Literal["auto", "qint8", "quint8"] = "auto"
+    """auto: chosen from the CPU's instruction set (see edgekd/stages/quantize.py)."""
     per_channel: bool = False
     reduce_range: bool = False
-    op_types: list[str] = Field(default_factory=lambda: ["MatMul", "Gemm", "Attention"])
+    # Gather quantizes the word-embedding table: most of a small student's bytes (a 3x384 BERT is 47 of its
+    # 70 MB in embeddings), so leaving it out would keep INT8 files about 3x larger than they need to be.
+    op_types: list[str] = Field(
+        default_factory=lambda: ["MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization"]
+    )
     nodes_to_exclude: list[str] = Field(default_factory=list)
+    optimize: Literal["none", "auto", "basic", "extended", "all"] = "none"
+    """ONNX Runtime transformer fusions before quantizing; auto keeps them only when measured faster."""
+    calibration_samples: int = Field(128, ge=1)
+    """Training texts used to calibrate activation ranges (mode: static)."""
+    max_accuracy_drop_pts: float | None = Field(None, ge=0)
+    """Validation accuracy budget vs the fp32 ONNX, in points; over it, sensitive layers fall back to fp32."""
+    fallback: Literal["layer", "node"] = "layer"
+    """Granularity of the fp32 fallback: whole encoder layers, or single MatMul nodes."""
 
 
 class BenchmarkSpec(Strict):
@@ -191,11 +316,12 @@ class Recipe(Strict):
 
     name: str = Field(pattern=NAME_PATTERN)
     """Run name; the run folder is runs/<name>. Letters, digits, `_.-` only (it cannot escape the run root)."""
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=SEED_LIMIT)
     data: DataSpec
     teacher: TeacherSpec
     student: StudentSpec
     distill: DistillSpec = DistillSpec()
+    prune_vocab: PruneVocabSpec = PruneVocabSpec()
     export: ExportSpec = ExportSpec()
     quantize: QuantizeSpec = QuantizeSpec()
     benchmark: BenchmarkSpec = BenchmarkSpec()
@@ -230,13 +356,19 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         problem = _apply_override(raw, item)
         if problem:
             problems.append(problem)
-    if problems:
-        raise RecipeError(str(path), problems)
+    unsafe = structure_problems(raw)
+    if unsafe:  # not even safe to hand to the schema validator
+        raise RecipeError(str(path), problems + unsafe, hint=_hint_for(path))
     try:
         recipe = Recipe.model_validate(raw)
-    except ValidationError as exc:
-        raise RecipeError(str(path), _describe_errors(exc, raw), hint=_hint_for(path)) from None
-    return _resolve_paths(recipe, path.resolve().parent)
+    except ValidationError as exc:  # report override and schema problems together
+        problems += _describe_errors(exc, raw)
+    if problems:
+        raise RecipeError(str(path), problems, hint=_hint_for(path))
+    try:
+        return _resolve_paths(recipe, path.resolve().parent)
+    except _PathProblem as exc:
+        raise RecipeError(str(path), [str(exc)], hint=_hint_for(path)) from None
 
 
 def _hint_for(path: Path) -> str:
@@ -247,25 +379,119 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(str(path), ["recipe file not found"], hint="pass the path of a .yaml recipe")
     try:
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(
+                str(path), [f"the file is larger than {MAX_RECIPE_BYTES // 1024} KB: not a recipe"]
+            )
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise RecipeError(str(path), ["the file is not UTF-8 text"]) from None
     except OSError as exc:
-        raise RecipeError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise RecipeError(str(path), [f"not valid YAML{where}: {problem}"]) from None
-    except RecursionError:
-        raise RecipeError(str(path), ["YAML nested too deeply"]) from None
+        raise RecipeError(str(path), [f"cannot read the file: {exc.strerror or exc}"]) from None
+    data = _parse_yaml(text, str(path))
     if data is None:
         raise RecipeError(str(path), ["the recipe is empty"], hint="start from recipes/smoke.yaml")
     if not isinstance(data, dict):
         raise RecipeError(str(path), [f"a recipe is a mapping of sections, got {type(data).__name__}"])
     return data
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """`yaml.safe_load` with every way it can fail turned into a RecipeError naming `source`."""
+    if flow_nesting_estimate(text) > MAX_DEPTH:
+        # PyYAML's scanner slows down quadratically with bracket depth (seconds at a few hundred levels).
+        raise RecipeError(source, [f"YAML nested more than {MAX_DEPTH} levels deep"])
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise RecipeError(source, [f"not valid YAML{where}: {problem}"]) from None
+    except RecursionError:
+        raise RecipeError(source, [f"YAML nested more than {MAX_DEPTH} levels deep"]) from None
+    except (ValueError, OverflowError) as exc:
+        # The YAML is well-formed but a scalar cannot become a Python value: an integer of thousands of
+        # digits (Python's int-to-string limit) or an impossible date such as 2024-13-45.
+        raise RecipeError(
+            source, [f"not valid YAML: a value cannot be read ({_clip(str(exc), 100)})"]
+        ) from None
+
+
+def flow_nesting_estimate(text: str) -> int:
+    """The deepest `[`/`{` nesting in `text`, ignoring brackets inside quotes. An estimate (comments and
+    block scalars are not special-cased), good enough to refuse absurd depth before PyYAML scans it."""
+    depth = deepest = 0
+    quote = ""
+    for char in text:
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(0, depth - 1)
+        elif char == "\n":
+            quote = ""  # an unclosed quote is a YAML error; do not let it hide the rest of the file
+    return deepest
+
+
+def structure_problems(data: Any) -> list[str]:
+    """Problems no schema field can accept, found by walking the parsed YAML without recursion.
+
+    Catches what would otherwise surface far from the recipe: self-referencing or exponentially expanding
+    YAML aliases (they would hang hashing and dumping), absurd nesting, integers beyond any field's range
+    (Python refuses to print ints of more than 4300 digits) and strings with NUL bytes or lone surrogates
+    (they cannot be file names or printed).
+    """
+    problems: list[str] = []
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    visited = 0
+    while stack:
+        value, where, depth = stack.pop()
+        visited += 1
+        if visited > MAX_VALUES:
+            too_many = (
+                f"the recipe holds more than {MAX_VALUES} values: does a YAML alias (*name) refer to itself?"
+            )
+            return [*problems, too_many]
+        here = where or "(top level)"
+        if depth > MAX_DEPTH:
+            shown = here if len(here) <= 60 else here[:60] + "…"
+            problems.append(
+                f"{shown}: nested more than {MAX_DEPTH} levels deep (or a YAML alias refers to itself)"
+            )
+        elif isinstance(value, dict):
+            stack.extend((key, here, depth + 1) for key in value)  # keys are values too (e.g. a huge int)
+            stack.extend((child, _join_field(where, key), depth + 1) for key, child in value.items())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            stack.extend((child, _join_field(where, i), depth + 1) for i, child in enumerate(value))
+        elif isinstance(value, str) and not _is_clean_text(value):
+            problems.append(f"{here}: text with a NUL byte or an invalid unicode character: {_clip(value)}")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_ABS_INT:
+            problems.append(f"{here}: the number is too large (more than {len(str(MAX_ABS_INT))} digits)")
+    return problems
+
+
+def _is_clean_text(text: str) -> bool:
+    return "\x00" not in text and not any("\ud800" <= char <= "\udfff" for char in text)
+
+
+def _join_field(where: str, key: Any) -> str:
+    part = key if isinstance(key, str) and key.isprintable() else _clip(key, 40)
+    return f"{where}.{part}" if where else str(part)
+
+
+def _clip(value: Any, limit: int = 60) -> str:
+    """`repr(value)` cut to `limit` characters; safe for any value YAML can produce."""
+    try:
+        shown = repr(value)
+    except (ValueError, RecursionError):  # ints beyond the str-conversion limit, self-referencing lists
+        shown = f"<{type(value).__name__}>"
+    return shown[:limit] + "…" if len(shown) > limit else shown
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> str | None:
@@ -277,9 +503,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> str | None:
     if not all(parts):
         return f"--set {item!r}: empty field name in {key!r}"
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else ""
-    except yaml.YAMLError:
-        value = value_text
+        value = _parse_yaml(value_text, "--set") if value_text.strip() else ""
+    except RecipeError:
+        value = value_text  # not YAML: take the text as a string (and let the schema judge it)
     node: Any = raw
     for part in parts[:-1]:
         child = node.get(part) if isinstance(node, dict) else None
@@ -298,7 +524,9 @@ def _describe_errors(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
     lines = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
-        where = ".".join(loc) or "(top level)"
+        where = "(top level)"
+        for i, part in enumerate(err["loc"]):
+            where = _join_field(where if i else "", part)
         if err["type"] == "extra_forbidden":
             valid = _valid_keys(loc[:-1])
             close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
@@ -313,8 +541,7 @@ def _describe_errors(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
             text = err["msg"].removeprefix("Value error, ")
             msg = f"{where}: {text}"
             if "input" in err and err["type"] not in ("value_error", "assertion_error"):
-                shown = repr(err["input"])
-                msg += f" (got {shown[:60] + '…' if len(shown) > 60 else shown})"
+                msg += f" (got {_clip(err['input'])})"
         lines.append(msg)
     return lines
 
@@ -363,20 +590,44 @@ def resolve_local(value: str, base: Path) -> str:
     return value
 
 
+class _PathProblem(Exception):
+    """A path field the file system cannot even look up (name too long, `~unknown_user`, ...)."""
+
+
+def _resolve_field(field: str, resolve: Callable[[str, Path], str], value: str, base: Path) -> str:
+    try:
+        return resolve(value, base)
+    except (OSError, RuntimeError, ValueError) as exc:  # RuntimeError: expanduser of an unknown ~user
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise _PathProblem(f"{field}: not a usable path ({reason})") from None
+
+
+def _resolve_data_path(value: str, base: Path) -> str:
+    local = resolve_local(value, base)
+    if not Path(local).is_absolute():
+        root = data_root()
+        if root is not None and (root / local).exists():
+            local = str((root / local).resolve())
+    return local
+
+
 def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
+    """Resolve the recipe's local paths in place.
+
+    Raises:
+        _PathProblem: a path field cannot be looked up at all; the caller makes it a RecipeError.
+    """
     data = recipe.data
     if data.path is not None:
-        local = resolve_local(data.path, base)
-        if not Path(local).is_absolute():
-            root = data_root()
-            if root is not None and (root / local).exists():
-                local = str((root / local).resolve())
-        data.path = local
-    for spec in (recipe.teacher, recipe.student):
+        data.path = _resolve_field("data.path", _resolve_data_path, data.path, base)
+    for section, spec in (("teacher", recipe.teacher), ("student", recipe.student)):
         if spec.model is not None and spec.model != "teacher":
-            spec.model = resolve_local(spec.model, base)
+            spec.model = _resolve_field(f"{section}.model", resolve_local, spec.model, base)
         if isinstance(spec.tokenizer, str) and spec.tokenizer != "teacher":
-            spec.tokenizer = resolve_local(spec.tokenizer, base)
+            spec.tokenizer = _resolve_field(f"{section}.tokenizer", resolve_local, spec.tokenizer, base)
+    unlabeled = recipe.distill.unlabeled
+    if unlabeled is not None:
+        unlabeled.path = _resolve_field("distill.unlabeled.path", resolve_local, unlabeled.path, base)
     return recipe
 
 

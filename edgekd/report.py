@@ -1,7 +1,7 @@
 """Sign-off gates and the human-readable report.
 
-The gates compare the deployable variant (`student-int8-onnx`) with the reference (`teacher`); a gate that the
-recipe leaves unset is not checked. The numbers come from the variant dicts of report.json, so a report can be
+The gates compare the deployable variant (in a pipeline run `student-int8-onnx`; for `edgekd benchmark` the last
+folder) with the reference (`teacher`, or the first folder); a gate that is left unset is not checked. The numbers come from the variant dicts of report.json, so a report can be
 re-judged against other limits without measuring again.
 """
 
@@ -43,7 +43,7 @@ GATE_RULES: tuple[GateRule, ...] = (
         "max_accuracy_drop_pts",
         "max",
         "pts",
-        "teacher accuracy minus candidate accuracy, in percentage points",
+        "reference accuracy minus candidate accuracy, in percentage points",
         lambda ref, cand: (ref["accuracy"] - cand["accuracy"]) * 100.0,
     ),
     GateRule(
@@ -64,14 +64,14 @@ GATE_RULES: tuple[GateRule, ...] = (
         "min_speedup_p50",
         "min",
         "x",
-        "teacher p50 latency divided by candidate p50 latency",
+        "reference p50 latency divided by candidate p50 latency",
         lambda ref, cand: _ratio(ref["latency_ms"]["p50"], cand["latency_ms"]["p50"]),
     ),
     GateRule(
         "min_compression",
         "min",
         "x",
-        "teacher size divided by candidate size",
+        "reference size divided by candidate size",
         lambda ref, cand: _ratio(ref["size_bytes"], cand["size_bytes"]),
     ),
     GateRule(
@@ -82,6 +82,9 @@ GATE_RULES: tuple[GateRule, ...] = (
         lambda ref, cand: float(cand["accuracy"]),
     ),
 )
+
+
+GATES_BY_NAME = {rule.name: rule for rule in GATE_RULES}
 
 
 def evaluate_gates(
@@ -107,7 +110,7 @@ def evaluate_gates(
         ValueError: When a named variant is missing, or `gates_spec` names an unknown gate.
     """
     limits = gates_spec.model_dump() if isinstance(gates_spec, GatesSpec) else dict(gates_spec)
-    unknown = set(limits) - {rule.name for rule in GATE_RULES}
+    unknown = set(limits) - set(GATES_BY_NAME)
     if unknown:
         raise ValueError(f"unknown gate(s): {', '.join(sorted(unknown))}")
     by_name = {v["name"]: v for v in variants}
@@ -169,6 +172,8 @@ def write_report_md(report: Mapping[str, Any], path: str | Path) -> None:
         _setup_section(report),
         _variants_section(report),
         _gates_section(report),
+        _sequence_length_section(report),
+        _throughput_section(report),
         _per_class_section(report),
         _notes_section(report),
     ]
@@ -204,6 +209,8 @@ def _setup_section(report: Mapping[str, Any]) -> str:
     libs = ", ".join(f"{name} {version}" for name, version in versions.items() if version)
     bench = report.get("benchmark", {})
     load = env.get("load_average")
+    load_after = env.get("load_average_after")
+    threads = env.get("threads") or {}
     lines = [
         "## Setup",
         "",
@@ -211,13 +218,23 @@ def _setup_section(report: Mapping[str, Any]) -> str:
         f"{cpu.get('usable_cores', '?')} usable; flags: {', '.join(flags) or 'none of note'}",
         f"- Libraries: {libs or '?'}",
         f"- Python {env.get('python', '?')} on {env.get('platform', '?')}",
-        f"- Load average at start (1/5/15 min): {', '.join(map(str, load)) if load else '?'}",
+        f"- Load average (1/5/15 min) before: {', '.join(map(str, load)) if load else '?'}; "
+        f"after: {', '.join(map(str, load_after)) if load_after else '?'}",
     ]
+    if threads:
+        lines.append(
+            f"- Threads: {threads.get('latency_threads')} for latency and accuracy, "
+            f"{threads.get('throughput_threads')} for throughput; inter-op {threads.get('inter_op_threads')}; "
+            "ONNX Runtime spin-waiting off; worker environment "
+            + ", ".join(f"{k}={v}" for k, v in (threads.get("worker_env") or {}).items())
+        )
     if bench:
         lines += [
             f"- **Threads per model: {bench.get('threads')}** (intra-op; inter-op 1; a process per variant)",
             f"- Latency: batch 1, {bench.get('latency_samples')} test texts drawn with seed "
-            f"{bench.get('seed')}, after {bench.get('warmup')} warm-up requests",
+            f"{bench.get('seed')}, after {bench.get('warmup')} warm-up requests, in "
+            f"{bench.get('interleaved_rounds', 1)} interleaved round(s) of {bench.get('round_size', '?')} "
+            "requests (every model serves each round in turn, order rotated per round)",
             f"- Accuracy: all {bench.get('test_texts')} test texts, batch {bench.get('batch_size')}, "
             f"max_length {bench.get('max_length')}",
         ]
@@ -287,6 +304,42 @@ def _gates_section(report: Mapping[str, Any]) -> str:
         for g in gates
     ]
     return f"{title}\n\n" + _table(["gate", "limit", "value", "result", "measured as"], rows)
+
+
+def _sequence_length_section(report: Mapping[str, Any]) -> str:
+    variants = [v for v in report.get("variants", []) if v.get("latency_by_length_ms")]
+    if not variants:
+        return ""
+    lengths = sorted({row["tokens"] for v in variants for row in v["latency_by_length_ms"]})
+    header = ["tokens", *(f"p50 ms `{v['name']}`" for v in variants)]
+    rows = []
+    for length in lengths:
+        cells = []
+        for v in variants:
+            row = next((r for r in v["latency_by_length_ms"] if r["tokens"] == length), None)
+            cells.append(_num(row["p50"], 3) if row else "–")
+        rows.append([str(length), *cells])
+    note = "Batch 1, token-exact inputs, capped at each model's position embeddings."
+    return "## Latency by sequence length\n\n" + note + "\n\n" + _table(header, rows)
+
+
+def _throughput_section(report: Mapping[str, Any]) -> str:
+    variants = [v for v in report.get("variants", []) if v.get("throughput_texts_per_s")]
+    if not variants:
+        return ""
+    batch_sizes = sorted({b for v in variants for b in v["throughput_texts_per_s"]}, key=int)
+    header = ["variant", "threads", *(f"batch {b} texts/s" for b in batch_sizes), "peak RSS MB"]
+    rows = [
+        [
+            f"`{v['name']}`",
+            str(v.get("throughput_threads", "–")),
+            *(_num(v["throughput_texts_per_s"].get(b), 1) for b in batch_sizes),
+            _num(v.get("peak_rss_throughput_mb"), 1),
+        ]
+        for v in variants
+    ]
+    note = "Tokenization included, test texts in arrival order (padded to the longest of each batch)."
+    return "## Throughput\n\n" + note + "\n\n" + _table(header, rows)
 
 
 def _per_class_section(report: Mapping[str, Any]) -> str:

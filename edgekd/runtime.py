@@ -15,6 +15,11 @@ Behaviour worth knowing:
 * The empty string is a valid input: it tokenizes to [CLS] [SEP] and gets a prediction like any other text.
 * A folder without edgekd.json still loads: labels come from config.json's id2label and max_length from the
   tokenizer config or the model's position embeddings.
+* A tokenizer with more tokens than the model's embedding table (config.json `vocab_size`), e.g. the original
+  tokenizer next to a vocabulary-pruned model, is refused at load time with an InputError, and any failure
+  of ONNX Runtime on an input is an InputError too, never a raw ONNX Runtime exception.
+
+The command line wraps this: `edgekd predict FOLDER "text" ... [--file texts.txt] [--json]` (edgekd.predict).
 """
 
 from __future__ import annotations
@@ -116,6 +121,7 @@ class Classifier:
         labels = read_labels(root, manifest, config)
         max_length = read_max_length(root, manifest, config)
         tokenizer = load_tokenizer(root, max_length, config)
+        check_vocab_size(root, tokenizer, config)
         session = create_session(root / MODEL_FILE, threads, inter_threads)
         return cls(session, tokenizer, labels, max_length, root)
 
@@ -169,8 +175,18 @@ class Classifier:
         # move the truncation warning off the caller's line.
         for start in range(0, len(batch), batch_size):
             feed = self._encode(batch[start : start + batch_size], caller_depth + 1)
-            chunks.append(self.session.run([self.output_name], feed)[0])
+            chunks.append(self._run(feed))
         return np.concatenate(chunks).astype(np.float32, copy=False)
+
+    def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        try:
+            return self.session.run([self.output_name], feed)[0]
+        except Exception as exc:  # ONNX Runtime raises its own exception types per failure
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(
+                f"ONNX Runtime failed on {self.folder / MODEL_FILE}: {message}",
+                hint="the model and its tokenizer may not belong together; re-export the folder",
+            ) from None
 
     def _encode(self, batch: list[str], caller_depth: int) -> dict[str, np.ndarray]:
         """`caller_depth`: frames between this method and the user's call, so the warning points at it."""
@@ -230,6 +246,25 @@ def load_tokenizer(folder: Path, max_length: int, config: dict[str, Any] | None 
     tokenizer.enable_truncation(max_length=max_length)
     tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
     return tokenizer
+
+
+def check_vocab_size(folder: Path, tokenizer: Tokenizer, config: dict[str, Any] | None) -> None:
+    """Refuse a tokenizer that can produce ids the model's embedding table does not have.
+
+    Without this, a mismatched pair (say, a vocabulary-pruned model with the original tokenizer) would only
+    fail inside ONNX Runtime on the first text that uses a high id, with an index error.
+
+    Raises:
+        InputError: config.json's vocab_size is smaller than the tokenizer's vocabulary.
+    """
+    model_vocab = (config or {}).get("vocab_size")
+    tokenizer_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    if isinstance(model_vocab, int) and 0 < model_vocab < tokenizer_vocab:
+        raise InputError(
+            f"{folder / TOKENIZER_FILE} has {tokenizer_vocab} tokens but the model in {folder} embeds only "
+            f"{model_vocab} (config.json vocab_size): the tokenizer does not belong to this model",
+            hint="ship the tokenizer files the export stage wrote next to model.onnx",
+        )
 
 
 def find_pad_token(folder: Path, tokenizer: Tokenizer, config: dict[str, Any]) -> tuple[int, str]:

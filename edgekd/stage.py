@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edgekd import __version__
-from edgekd.errors import EdgekdError, StageError
+from edgekd.errors import EdgekdError, StageError, resource_error
 from edgekd.recipe import Recipe
 
 STAGE_FILE = "stage.json"
+PARTIAL_MARKER = ".key"  # in a partial folder: the stage key it is being built for
 
 
 @dataclass
@@ -105,22 +106,32 @@ def run_stage(
     """
     key = stage_key(stage, recipe, input_keys)
     final = run_dir / stage.folder
-    done = read_stage_json(final)
-    if done and done.get("key") == key and not force:
-        return key, done, True
+    tmp = run_dir / f".{stage.folder}.partial"
+    try:
+        finish_interrupted_swap(tmp, final, key, log)
+        done = read_stage_json(final)
+        if done and done.get("key") == key and not force:
+            return key, done, True
+        prepare_partial_folder(tmp, key, log, resume=not force)  # --force means from scratch
+    except OSError as exc:
+        raise _write_failure(exc, stage, run_dir, final) from None
 
-    tmp = prepare_partial_folder(run_dir / f".{stage.folder}.partial", key, log)
     ctx = StageContext(recipe=recipe, run_dir=run_dir, inputs={n: run_dir / n for n in stage.needs}, log=log)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     # On failure the partial folder stays (marked with its key) so a re-run can resume from checkpoints;
-    # it never looks finished because it is not at its final name and has no stage.json.
+    # it never looks finished because it is not at its final name.
     try:
         result = stage.run(ctx, tmp)
     except EdgekdError:
         shutil.rmtree(tmp, ignore_errors=True)  # bad input or a failed check: nothing worth resuming
         raise
-    (tmp / ".key").unlink(missing_ok=True)
+    except Exception as exc:
+        problem = resource_error(exc, run_dir, f"running the {stage.name} stage")
+        if problem is None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # half-written files only take the space the user must free
+        raise problem from None
     record = {
         "stage": stage.name,
         "key": key,
@@ -130,23 +141,47 @@ def run_stage(
         "wall_time_s": round(time.perf_counter() - t0, 3),
         "edgekd_version": __version__,
         "metrics": result.metrics,
-        "files": sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()),
+        "files": sorted(
+            str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and p.name != PARTIAL_MARKER
+        ),
     }
     try:
+        # stage.json first, marker last: a partial folder with a matching stage.json is complete, so a run
+        # killed before the swap below is finished by the next one instead of being redone.
         write_json(tmp / STAGE_FILE, record)
+        (tmp / PARTIAL_MARKER).unlink(missing_ok=True)
         _swap_into_place(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise StageError(f"cannot write the {stage.name} stage into {final}: {exc.strerror or exc}") from None
+        raise _write_failure(exc, stage, run_dir, final) from None
     return key, record, False
 
 
-def prepare_partial_folder(tmp: Path, key: str, log: Callable[[str], None]) -> Path:
+def _write_failure(exc: OSError, stage: Stage, run_dir: Path, final: Path) -> EdgekdError:
+    """The error for an OSError while the runner itself writes a stage's folder."""
+    doing = f"writing the {stage.name} stage into {final}"
+    return resource_error(exc, run_dir, doing) or StageError(f"{doing} failed: {exc.strerror or exc}")
+
+
+def finish_interrupted_swap(tmp: Path, final: Path, key: str, log: Callable[[str], None]) -> None:
+    """Complete what a run killed inside `_swap_into_place` left: the previous folder parked at `.<name>.old`
+    goes back into place, and a finished partial folder of the same key (its stage.json is written last
+    before the swap) is moved into place instead of being recomputed."""
+    old = final.with_name(f".{final.name}.old")
+    if old.exists() and not final.exists():
+        os.replace(old, final)
+    finished = read_stage_json(tmp)
+    if finished and finished.get("key") == key:
+        log(f"finishing the interrupted run in {tmp.name}: it had completed")
+        _swap_into_place(tmp, final)
+
+
+def prepare_partial_folder(tmp: Path, key: str, log: Callable[[str], None], resume: bool = True) -> Path:
     """The folder a stage writes into. A partial folder left by an interrupted run of the *same* stage key is
-    kept, so training can resume from its last checkpoint; anything else is cleared."""
-    marker = tmp / ".key"
+    kept when `resume` is set, so training can resume from its last checkpoint; anything else is cleared."""
+    marker = tmp / PARTIAL_MARKER
     if tmp.exists():
-        if marker.is_file() and marker.read_text().strip() == key:
+        if resume and marker.is_file() and marker.read_text().strip() == key:
             log(f"resuming from the interrupted run in {tmp.name}")
             return tmp
         shutil.rmtree(tmp)
@@ -160,10 +195,16 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
     old = final.with_name(f".{final.name}.old")
     if old.exists():
         shutil.rmtree(old)
-    if final.exists():
+    parked = final.exists()
+    if parked:
         os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if parked:
+            os.replace(old, final)  # the previous finished folder stays the current one
+        raise
+    if parked:
         shutil.rmtree(old, ignore_errors=True)
 
 

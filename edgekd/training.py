@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgekd.errors import StageError
+
 if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase, TrainingArguments
+
+# What `Trainer.train(resume_from_checkpoint=...)` reads (safetensors weights: save_safetensors=True).
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
 
 
 def cpu_flags() -> set[str]:
@@ -119,12 +125,75 @@ def save_log_history(log_history: list[dict[str, Any]], path: Path) -> None:
 
 
 def last_checkpoint(folder: Path) -> str | None:
-    """The newest Trainer checkpoint in `folder`, if an interrupted run left one (to resume from it)."""
+    """The newest *complete* Trainer checkpoint in `folder`, if an interrupted run left one (to resume from it).
+
+    A run killed while the Trainer saved leaves a checkpoint folder with only some of its files, and
+    `transformers.trainer_utils.get_last_checkpoint` would pick it by number alone and fail to load it. Such
+    folders are deleted, so the Trainer's checkpoint rotation never counts them either.
+    """
     if not folder.is_dir():
         return None
-    from transformers.trainer_utils import get_last_checkpoint
+    newest = None
+    for _step, path in sorted(_numbered_checkpoints(folder)):
+        if is_complete_checkpoint(path):
+            newest = path
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    return str(newest) if newest else None
 
-    return get_last_checkpoint(str(folder))
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """Whether every file a resume needs is there. The Trainer writes trainer_state.json last, so a readable
+    one means the weights, optimizer and scheduler before it were written in full."""
+    if not all((path / name).is_file() for name in CHECKPOINT_FILES):
+        return False
+    try:
+        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _numbered_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in folder.glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if path.is_dir() and suffix.isdigit():
+            found.append((int(suffix), path))
+    return found
+
+
+def check_finite_loss(loss: Any, step: int, what: str, hint: str) -> None:
+    """Stop training at the first NaN or infinite loss, naming the step, instead of training on garbage.
+
+    Raises:
+        StageError: the loss is not finite.
+    """
+    value = float(loss.detach().float().item())
+    if not math.isfinite(value):
+        raise StageError(f"the {what} loss became {value} at training step {step}", hint=hint)
+
+
+def finite_loss_trainer_class(what: str, hint: str) -> Any:
+    """A `transformers.Trainer` subclass whose loss is checked with `check_finite_loss` at every step.
+
+    Args:
+        what: Names the loss in the error, e.g. "fine-tuning".
+        hint: What to change when the loss is not finite.
+    """
+    from transformers import Trainer
+
+    class FiniteLossTrainer(Trainer):
+        def compute_loss(
+            self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
+        ) -> Any:
+            result = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+            check_finite_loss(result[0] if return_outputs else result, self.state.global_step + 1, what, hint)
+            return result
+
+    return FiniteLossTrainer
 
 
 def seed_everything(seed: int) -> None:

@@ -13,10 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from edgekd.bench.worker import run_worker, worker_env
-from edgekd.errors import InputError
+from edgekd.bench.harness import (
+    THROUGHPUT_ROUNDS,
+    HarnessSettings,
+    ModelSpec,
+    lengths_for,
+    measure_models,
+    round_order,
+    round_slices,
+)
+from edgekd.bench.worker import WorkerProcess
+from edgekd.errors import InputError, StageError
 from edgekd.recipe import GatesSpec, Recipe
-from edgekd.report import evaluate_gates, summary_rows, write_report_md
+from edgekd.report import GATES_BY_NAME, evaluate_gates, summary_rows, write_report_md
 from edgekd.size import folder_size, model_files, param_count, param_count_onnx, param_count_safetensors
 from edgekd.stage import read_stage_json, run_stage
 from edgekd.stages.benchmark import BenchmarkStage, check_threads, latency_sample_indices
@@ -68,62 +77,36 @@ def _complete_onnx_folder(folder: Path, source: Path, labels: list[str]) -> None
     (folder / "edgekd.json").write_text(json.dumps({"labels": labels, "max_length": MAX_LENGTH}))
 
 
-@pytest.fixture(scope="module")
-def pytorch_result(tmp_path_factory, tiny_classifier_dir, texts_file) -> dict:
-    out = tmp_path_factory.mktemp("pytorch_result") / "result.json"
-    return run_worker(
-        tiny_classifier_dir,
-        "pytorch",
-        texts_file,
-        out,
-        threads=1,
-        warmup=2,
-        batch_size=16,
-        max_length=MAX_LENGTH,
-    )
-
-
 # ----------------------------------------------------------------------------------------------------------
-# Worker
+# Worker protocol
 
 
-def _check_worker_result(result: dict, n_texts: int, n_requests: int, labels: list[str]) -> None:
-    assert result["labels"] == labels
-    assert len(result["predictions"]) == n_texts
-    assert all(0 <= p < len(labels) for p in result["predictions"])
-    for key in ("tokenize_ms", "model_ms", "e2e_ms"):
-        assert len(result[key]) == n_requests
-        assert all(v > 0 for v in result[key])
-    for tok, model, e2e in zip(result["tokenize_ms"], result["model_ms"], result["e2e_ms"], strict=True):
-        assert e2e == pytest.approx(tok + model)
-    assert result["peak_rss_mb"] > 0
-    assert result["peak_rss_accuracy_pass_mb"] >= result["peak_rss_mb"]
-    assert result["effective_threads"] == 1
-
-
-def test_pytorch_worker_runs_in_its_own_process(pytorch_result, test_texts, toy_labels):
-    _check_worker_result(pytorch_result, len(test_texts), 8, toy_labels)
-    assert pytorch_result["format"] == "pytorch"
-    assert pytorch_result["max_length"] == MAX_LENGTH
-
-
-def test_onnx_worker_cli_stays_torch_free_and_agrees_with_pytorch(
-    tmp_path, onnx_dir, texts_file, test_texts, toy_labels, pytorch_result
-):
-    out = tmp_path / "onnx.json"
-    command = [sys.executable, "-m", "edgekd.bench.worker", "--model", str(onnx_dir), "--format", "onnx"]
-    command += ["--texts", str(texts_file), "--threads", "1", "--warmup", "2", "--out", str(out)]
-    done = subprocess.run(command, env=worker_env(1), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(out.read_text())
-    _check_worker_result(result, len(test_texts), 8, toy_labels)
-    assert result["torch_imported"] is False
-    # The worker's own memory, not that of this torch-holding parent it was forked from.
-    assert result["peak_rss_mb"] < 0.6 * pytorch_result["peak_rss_mb"]
-    assert result["max_length"] == MAX_LENGTH  # read from edgekd.json
-    # Same weights, same tokenization: the fp32 graph predicts what PyTorch predicts.
-    same = sum(a == b for a, b in zip(result["predictions"], pytorch_result["predictions"], strict=True))
-    assert same >= 0.98 * len(test_texts)
+def test_onnx_worker_answers_every_command_and_stays_torch_free(int8_dir, test_texts, toy_labels):
+    with WorkerProcess("int8", int8_dir, "onnx", threads=1, max_length=MAX_LENGTH) as worker:
+        ready = worker.wait_ready()
+        assert ready["labels"] == toy_labels and ready["torch_imported"] is False
+        assert ready["max_positions"] == 64 and ready["effective_threads"] == 1
+        assert worker.request({"cmd": "warmup", "texts": test_texts[:3]})["n"] == 3
+        latency = worker.request({"cmd": "latency", "texts": test_texts[:5]})
+        assert all(len(latency[k]) == 5 for k in ("tokenize_ms", "model_ms", "e2e_ms"))
+        for tok, model, e2e in zip(
+            latency["tokenize_ms"], latency["model_ms"], latency["e2e_ms"], strict=True
+        ):
+            assert e2e == pytest.approx(tok + model) and model > 0
+        fixed = worker.request(
+            {"cmd": "fixed_length", "text": " ".join(test_texts), "length": 16, "repeats": 4}
+        )
+        assert fixed["tokens"] == 16 and len(fixed["model_ms"]) == 4
+        predicted = worker.request({"cmd": "predict", "texts": test_texts, "batch_size": 16})
+        assert len(predicted["predictions"]) == len(test_texts)
+        rates = worker.request(
+            {"cmd": "throughput", "texts": test_texts[:16], "batch_sizes": [8], "threads": 1}
+        )
+        assert set(rates["texts_per_s"]) == {"8"} and rates["texts_per_s"]["8"] > 0
+        assert rates["peak_rss_mb"] >= latency["rss_mb"] > 0
+        with pytest.raises(StageError, match="unknown command"):
+            worker.request({"cmd": "dance"})
+        assert worker.request({"cmd": "status"})["ok"] is True  # an error answer does not end the worker
 
 
 def test_onnx_tokenization_matches_the_hugging_face_tokenizer(onnx_dir, test_texts):
@@ -140,22 +123,104 @@ def test_onnx_tokenization_matches_the_hugging_face_tokenizer(onnx_dir, test_tex
         assert ours[name].tolist() == theirs[name].tolist(), name
     single = backend.encode(["a much longer text that certainly needs truncation to eight tokens"])
     assert single["input_ids"].shape == (1, 8)
+    assert backend.encode_fixed("short", 12)["input_ids"].shape == (1, 12)  # padded up to the exact length
 
 
-def test_worker_reports_a_failure_with_its_stderr(tmp_path, texts_file):
-    from edgekd.errors import StageError
+def test_worker_that_cannot_load_reports_its_error(tmp_path):
+    worker = WorkerProcess("broken", tmp_path, "onnx", threads=1, max_length=8)
+    try:
+        with pytest.raises(StageError, match="broken"):
+            worker.wait_ready()
+    finally:
+        worker.close()
 
-    with pytest.raises(StageError, match="failed"):
-        run_worker(
-            tmp_path,
-            "onnx",
-            texts_file,
-            tmp_path / "out.json",
-            threads=1,
-            warmup=0,
-            batch_size=8,
-            max_length=8,
-        )
+
+class FakeWorker:
+    """Records every command into a shared journal and answers like a worker would."""
+
+    def __init__(self, model: ModelSpec, journal: list[tuple[str, dict]]) -> None:
+        self.name = model.name
+        self.journal = journal
+
+    def wait_ready(self) -> dict:
+        return {"labels": ["a", "b"], "max_positions": 64 if self.name == "small" else 512}
+
+    def request(self, command: dict) -> dict:
+        self.journal.append((self.name, command))
+        answer: dict = {"ok": True, "peak_rss_mb": 1.0, "rss_mb": 1.0}
+        if command["cmd"] == "latency":
+            n = len(command["texts"])
+            answer.update(tokenize_ms=[0.1] * n, model_ms=[1.0] * n, e2e_ms=[1.1] * n)
+        elif command["cmd"] == "fixed_length":
+            answer.update(tokens=command["length"], model_ms=[1.0] * command["repeats"])
+        elif command["cmd"] == "predict":
+            answer.update(predictions=[0] * len(command["texts"]), seconds=0.1)
+        elif command["cmd"] == "throughput":
+            answer.update(
+                texts_per_s={str(b): 10.0 for b in command["batch_sizes"]}, threads=command["threads"]
+            )
+        return answer
+
+    def close(self) -> None:
+        self.journal.append((self.name, {"cmd": "closed"}))
+
+
+def test_latency_is_measured_in_interleaved_rotated_rounds():
+    journal: list[tuple[str, dict]] = []
+    models = [ModelSpec(n, Path(n), "onnx") for n in ("ref", "mid", "small")]
+    settings = HarnessSettings(
+        latency_samples=7, warmup=2, round_size=3, seq_lengths=(16, 128), seq_samples=2
+    )
+    texts = [f"text {i}" for i in range(7)]
+    measured = measure_models(
+        models,
+        texts,
+        texts,
+        settings,
+        log=lambda _: None,
+        worker_factory=lambda m, *_: FakeWorker(m, journal),
+    )
+    latency = [(name, cmd["texts"]) for name, cmd in journal if cmd["cmd"] == "latency"]
+    # 3 rounds (3 + 3 + 1 requests), each served by every model in an order rotated by one per round.
+    assert [name for name, _ in latency] == [
+        "ref",
+        "mid",
+        "small",
+        "mid",
+        "small",
+        "ref",
+        "small",
+        "ref",
+        "mid",
+    ]
+    for start in (0, 3, 6):
+        assert latency[start][1] == latency[start + 1][1] == latency[start + 2][1]
+    assert [texts for _, texts in latency[::3]] == [texts[0:3], texts[3:6], texts[6:7]]
+    assert all(
+        m.model_ms == [1.0] * 7 and m.round_of_request == [0, 0, 0, 1, 1, 1, 2] for m in measured.values()
+    )
+    # Sequence lengths are capped per model: the small one measures 64 instead of 128.
+    assert sorted(measured["small"].by_length_ms) == [16, 64] and sorted(measured["ref"].by_length_ms) == [
+        16,
+        128,
+    ]
+    fixed = [(name, cmd["length"]) for name, cmd in journal if cmd["cmd"] == "fixed_length"]
+    assert fixed[:3] == [("ref", 16), ("mid", 16), ("small", 16)]
+    throughput = [cmd for _, cmd in journal if cmd["cmd"] == "throughput"]
+    assert len(throughput) == 3 * THROUGHPUT_ROUNDS and throughput[0]["batch_sizes"] == [8, 32]
+    assert [name for name, cmd in journal if cmd["cmd"] == "closed"] == ["small", "mid", "ref"]
+
+
+def test_round_order_rotates_and_round_slices_cover_every_request():
+    assert [round_order(["a", "b", "c"], r) for r in range(4)] == [
+        ["a", "b", "c"],
+        ["b", "c", "a"],
+        ["c", "a", "b"],
+        ["a", "b", "c"],
+    ]
+    assert round_slices(7, 3) == [slice(0, 3), slice(3, 6), slice(6, 7)]
+    assert lengths_for((16, 64, 128, 256), 100) == [16, 64, 100]
+    assert lengths_for((16, 64), None) == [16, 64]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -192,9 +257,23 @@ def benchmarked_run(tmp_path_factory, tiny_classifier_dir, int8_dir, toy_data) -
     )
     logs: list[str] = []
     keys = {"teacher": "t", "distill": "d", "quantize": "q"}
+    for stage, tag in (("teacher", "ce"), ("distill", "kd")):
+        (run / stage / "log_history.json").write_text(json.dumps(_log_history(tag)))
     run_stage(BenchmarkStage(), recipe, run, keys, log=logs.append)
     assert any("student-int8-onnx" in line for line in logs)
     return run
+
+
+def _log_history(tag: str) -> list[dict]:
+    """A Trainer log_history as the teacher and distill stages save it (training and eval entries)."""
+    entries: list[dict] = []
+    for step in range(1, 7):
+        entries.append({"loss": 2.0 / step, f"{tag}_loss": 1.5 / step, "epoch": step / 3, "step": step})
+        if step % 3 == 0:
+            entries.append(
+                {"eval_loss": 1.8 / step, "eval_accuracy": 0.3 + step / 20, "epoch": step / 3, "step": step}
+            )
+    return entries
 
 
 def test_benchmark_stage_report_follows_the_contract(benchmarked_run, test_texts):
@@ -223,6 +302,37 @@ def test_benchmark_stage_report_follows_the_contract(benchmarked_run, test_texts
         assert isinstance(g["name"], str) and isinstance(g["passed"], bool)
         assert isinstance(g["limit"], float) and isinstance(g["value"], float)
     assert report["benchmark"]["test_texts"] == len(test_texts)
+
+
+def test_benchmark_stage_adds_lengths_throughput_and_environment(benchmarked_run):
+    report = json.loads((benchmarked_run / "report" / "report.json").read_text())
+    env = report["environment"]
+    assert len(env["load_average"]) == 3 and len(env["load_average_after"]) == 3
+    assert env["threads"]["latency_threads"] == 1 and env["threads"]["throughput_threads"] >= 1
+    assert env["threads"]["onnxruntime"]["allow_spinning"] is False
+    for v in report["variants"]:
+        # The tiny models have 64 positions: 128 and 256 are capped to 64.
+        assert [row["tokens"] for row in v["latency_by_length_ms"]] == [16, 64]
+        assert all(row["n"] == 30 and row["p50"] > 0 for row in v["latency_by_length_ms"])
+        assert set(v["throughput_texts_per_s"]) == {"8", "32"}
+        assert all(rate > 0 for rate in v["throughput_texts_per_s"].values())
+        assert v["peak_rss_throughput_mb"] >= v["peak_rss_mb"] > 0
+        box = v["latency_box_ms"]
+        assert box["min"] <= box["p25"] <= box["p50"] == v["latency_ms"]["p50"] <= box["p75"] <= box["max"]
+        raw = json.loads((benchmarked_run / "report" / v["raw"]).read_text())
+        assert len(raw["model_ms"]) == len(raw["round_of_request"]) == 10
+    text = (benchmarked_run / "report" / "report.md").read_text()
+    assert "## Latency by sequence length" in text and "## Throughput" in text and "after:" in text
+
+
+def test_benchmark_stage_writes_report_html_with_every_chart(benchmarked_run):
+    page = (benchmarked_run / "report" / "report.html").read_text()
+    for chart in ("chart-pareto", "chart-size", "chart-latency-dist", "chart-seq-latency"):
+        assert f"<svg id='{chart}'" in page
+    # The fixture wrote teacher and distill training logs: their curves are drawn too.
+    for chart in ("chart-training-teacher", "chart-training-distill", "chart-eval-accuracy"):
+        assert f"<svg id='{chart}'" in page
+    assert "<script" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
 
 
 def test_benchmark_stage_compares_with_the_teacher(benchmarked_run):
@@ -333,6 +443,12 @@ def test_gates_size_and_accuracy_limits():
     assert gates[0]["comparison"] == "<=" and gates[1]["comparison"] == ">="
 
 
+def test_every_recipe_gate_has_a_rule_and_is_evaluated():
+    assert set(GatesSpec.model_fields) == set(GATES_BY_NAME)
+    every = GatesSpec(**{name: 1.0 for name in GatesSpec.model_fields})
+    assert [g["name"] for g in evaluate_gates(HAND_MADE, every)] == list(GatesSpec.model_fields)
+
+
 def test_no_gates_set_means_nothing_checked():
     assert evaluate_gates(HAND_MADE, GatesSpec()) == []
 
@@ -418,3 +534,123 @@ def test_environment_is_torch_free_and_complete():
     assert set(env["cpu"]["flags"]) >= {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"}
     assert {"torch", "transformers", "onnxruntime", "optimum", "numpy", "edgekd"} <= set(env["versions"])
     assert env["python"].count(".") == 2
+
+
+# ----------------------------------------------------------------------------------------------------------
+# `edgekd benchmark` and `edgekd compare` through the real command line
+
+
+def edgekd_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgekd.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory, tiny_classifier_dir, onnx_dir, int8_dir, toy_data):
+    """A failing-gate run (PyTorch vs a bare ONNX folder) and a passing one (two ONNX folders)."""
+    root = tmp_path_factory.mktemp("cli")
+    bare = root / "bare-int8"  # an ONNX folder edgekd did not write: labels from config.json id2label
+    shutil.copytree(int8_dir, bare)
+    (bare / "edgekd.json").unlink()
+    common = ["--data", str(toy_data), "--samples", "6", "--warmup", "1", "--max-length", str(MAX_LENGTH)]
+    failing = edgekd_cli(
+        *("benchmark", str(tiny_classifier_dir), str(bare), "--names", "teacher,int8", *common),
+        *(
+            "--output-dir",
+            str(root / "fail"),
+            "--gate",
+            "max_size_mb=0.000001",
+            "--gate",
+            "min_speedup_p50=1e-3",
+        ),
+    )
+    passing = edgekd_cli(
+        *("benchmark", str(onnx_dir), str(bare), *common, "--output-dir", str(root / "pass")),
+        *("--gate", "max_accuracy_drop_pts=100"),
+    )
+    return root, failing, passing
+
+
+def test_benchmark_command_exits_3_on_a_failed_gate_and_writes_the_reports(cli_runs):
+    root, failing, _ = cli_runs
+    assert failing.returncode == 3, failing.stderr[-3000:]
+    assert "gate(s) failed: max_size_mb" in failing.stderr and "Traceback" not in failing.stderr
+    assert "report.html" in failing.stdout
+    report = json.loads((root / "fail" / "report.json").read_text())
+    assert [(v["name"], v["format"]) for v in report["variants"]] == [
+        ("teacher", "pytorch"),
+        ("int8", "onnx"),
+    ]
+    assert (report["reference"], report["candidate"]) == ("teacher", "int8")
+    assert [(g["name"], g["passed"]) for g in report["gates"]] == [
+        ("max_size_mb", False),
+        ("min_speedup_p50", True),
+    ]
+    assert {p.name for p in (root / "fail").iterdir()} == {"report.json", "report.md", "report.html", "raw"}
+
+
+def test_benchmark_command_exits_0_when_every_gate_passes(cli_runs):
+    root, _, passing = cli_runs
+    assert passing.returncode == 0, passing.stderr[-3000:]
+    report = json.loads((root / "pass" / "report.json").read_text())
+    assert [v["format"] for v in report["variants"]] == ["onnx", "onnx"]
+    assert report["variants"][1]["name"] == "bare-int8" and report["passed"] is True
+    assert all(v["torch_imported"] is False for v in report["variants"])
+
+
+def test_compare_command_prints_per_variant_and_environment_differences(cli_runs):
+    root, _, _ = cli_runs
+    result = edgekd_cli("compare", str(root / "fail"), str(root / "pass" / "report.json"))
+    assert result.returncode == 0, result.stderr
+    # No shared names, as many models: matched by position.
+    for text in (
+        "teacher / onnx_fp32",
+        "int8 / bare-int8",
+        "accuracy",
+        "p50 ms",
+        "p90 ms",
+        "size MB",
+        "speed-up",
+    ):
+        assert text in result.stdout
+    assert "environment" in result.stdout
+
+
+def _relabelled_data(root: Path, toy_data: Path) -> Path:
+    """The toy data with every class renamed, so no model trained on the original labels matches it."""
+    folder = root / "relabelled"
+    folder.mkdir()
+    for name in ("train.jsonl", "test.jsonl"):
+        rows = [json.loads(line) for line in (toy_data / name).read_text().splitlines()]
+        (folder / name).write_text("".join(json.dumps({**r, "label": "x" + r["label"]}) + "\n" for r in rows))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("not_a_model", "is neither a PyTorch model folder"),
+        ("labels", "predicts classes the dataset does not have"),
+        ("threads", "threads is 999"),
+        ("zero_samples", "latency samples must be at least 1"),
+    ],
+)
+def test_benchmark_command_rejects_bad_input_with_exit_2(case, message, tmp_path, int8_dir, toy_data):
+    data, models, extra = toy_data, [str(int8_dir)], []
+    if case == "not_a_model":
+        (tmp_path / "notes.txt").write_text("not a model")
+        models = [str(tmp_path)]
+    elif case == "labels":
+        data = _relabelled_data(tmp_path, toy_data)
+    elif case == "threads":
+        extra = ["--threads", "999"]
+    else:
+        extra = ["--samples", "0"]
+    result = edgekd_cli(
+        "benchmark", *models, "--data", str(data), "--output-dir", str(tmp_path / "out"), *extra
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[0].startswith("error:")
+    assert not (tmp_path / "out").exists()

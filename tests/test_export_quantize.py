@@ -11,11 +11,16 @@ import numpy as np
 import pytest
 
 from edgekd.errors import InputError, ParityError
-from edgekd.recipe import Recipe, load_recipe
+from edgekd.recipe import QuantizeSpec, Recipe, load_recipe
 from edgekd.stage import StageContext, StageResult
 from edgekd.stages import export as export_module
 from edgekd.stages.export import ExportStage, check_parity, compare_logits
-from edgekd.stages.quantize import QuantizeStage, count_quantized_matmuls, count_weight_matmuls
+from edgekd.stages.quantize import (
+    QuantizeStage,
+    count_quantized_matmuls,
+    count_weight_matmuls,
+    resolve_weight_type,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PARITY_SAMPLES = 24
@@ -163,10 +168,20 @@ def test_quantize_writes_exactly_the_contracted_files(exported, quantized, toy_l
     assert manifest["precision"] == "int8-dynamic"
     quantization = manifest["quantization"]
     assert quantization["tool"] == "onnxruntime.quantization.quantize_dynamic"
-    assert quantization["settings"]["weight_type"] == "qint8"
-    assert quantization["settings"]["op_types"] == ["MatMul", "Gemm", "Attention"]
+    assert quantization["settings"]["weight_type"] == resolve_weight_type("auto")[0]
+    assert quantization["settings"]["weight_type_requested"] == "auto"
+    assert quantization["settings"]["op_types"] == QuantizeSpec().op_types
     report = json.loads((folder / "quantize.json").read_text())
     assert report["settings"] == quantization["settings"]
+    # The accuracy measured for this very file, and for the fp32 ONNX it came from, on the validation split.
+    accuracy = manifest["accuracy"]
+    assert accuracy == report["accuracy"]
+    assert accuracy["split"] == "validation" and accuracy["samples"] == 96  # recipes/data/toy_topics
+    assert result.metrics["validation_accuracy_int8"] == accuracy["int8_onnx"]
+    assert result.metrics["validation_accuracy_fp32"] == accuracy["fp32_onnx"]
+    assert accuracy["drop_pts"] == pytest.approx(
+        (accuracy["fp32_onnx"] - accuracy["int8_onnx"]) * 100, abs=1e-3
+    )
     assert report["fp32_bytes"] == result.metrics["fp32_bytes"] == (exported[0] / "model.onnx").stat().st_size
     assert report["int8_bytes"] == result.metrics["int8_bytes"] == (folder / "model.onnx").stat().st_size
     assert report["int8_bytes"] < report["fp32_bytes"]

@@ -37,6 +37,19 @@ def percentiles(samples: Sequence[float] | np.ndarray) -> dict[str, float]:
     }
 
 
+def box_stats(samples: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """The five numbers of a box plot plus the tails: min, p5, p25, p50, p75, p95, max.
+
+    Raises:
+        ValueError: When `samples` is empty.
+    """
+    values = _as_1d(samples)
+    keys = ("min", "p5", "p25", "p50", "p75", "p95", "max")
+    return {
+        key: float(v) for key, v in zip(keys, np.percentile(values, [0, 5, 25, 50, 75, 95, 100]), strict=True)
+    }
+
+
 def bootstrap_ci(
     samples: Sequence[float] | np.ndarray,
     stat: Callable[..., Any] = np.median,

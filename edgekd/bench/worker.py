@@ -1,9 +1,25 @@
-"""Benchmark one model in a process of its own: accuracy predictions, batch-1 latency and peak memory.
+"""A persistent benchmark worker: one model per process, driven by JSON-line commands on stdin.
 
-    python -m edgekd.bench.worker --model DIR --format pytorch|onnx --texts FILE.json \
-        --threads N --warmup W --out RESULT.json [--batch-size B] [--max-length L]
+    python -m edgekd.bench.worker --model DIR --format pytorch|onnx --threads N [--max-length L]
 
-FILE.json is {"texts": [...every test text...], "latency_texts": [...batch-1 request texts...]}.
+The worker loads the model, answers with one `ready` line, then reads one JSON command per line on stdin and
+answers each with one JSON line on stdout (`{"ok": true, ...}` or `{"ok": false, "error": "..."}`):
+
+=============  ===========================================================  ==================================
+command        fields                                                       answer
+=============  ===========================================================  ==================================
+status         -                                                            (memory fields only)
+warmup         texts                                                        n
+latency        texts (batch-1 requests, timed one by one)                   tokenize_ms, model_ms, e2e_ms
+fixed_length   text, length, repeats, warmup (token-exact inputs)           tokens, model_ms
+predict        texts, batch_size                                            predictions, seconds
+throughput     texts, batch_sizes, threads                                  texts_per_s {batch: n/s}, threads
+exit           -                                                            (the process ends)
+=============  ===========================================================  ==================================
+
+Every answer also carries the process's `rss_mb` and `peak_rss_mb`. The parent (`WorkerProcess`) keeps one
+worker per variant alive and hands each of them the same chunk of requests in turn, so that slow drifts of
+the machine (another job, thermal throttling) hit every variant alike instead of whichever ran last.
 
 One process per model, because what a process has loaded cannot be unloaded: a PyTorch model measured after
 another would share its allocator, its thread pools and its peak memory, and an ONNX model measured in a
@@ -11,8 +27,9 @@ process that imported torch would look as heavy as torch. The thread budget is f
 before any numeric library is imported, since OpenMP reads it once at start-up.
 
 Latency is measured per request with `time.perf_counter_ns`: tokenization and the model call are timed
-separately (end-to-end = both), after `--warmup` untimed requests and with the garbage collector paused, as
-`timeit` does, so collector pauses triggered by the harness's own bookkeeping are not charged to the model.
+separately (end-to-end = both; a chunk is tokenized first, then its model calls run back to back on the
+pre-tokenized inputs), with the garbage collector paused, as `timeit` does, so collector pauses
+triggered by the harness's own bookkeeping are not charged to the model.
 """
 
 from __future__ import annotations
@@ -24,29 +41,37 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 FORMATS = ("pytorch", "onnx")
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 DEFAULT_MAX_LENGTH = 128
 STDERR_TAIL_LINES = 15
+# RoBERTa-style position ids start after the padding index, so two positions are never usable.
+POSITION_OFFSET_MODEL_TYPES = ("roberta", "xlm-roberta", "camembert", "longformer", "bart", "mbart")
 
 
 class Backend(Protocol):
     """A loaded model with its tokenizer; `encode` output is whatever `forward` takes."""
 
     labels: list[str]
+    max_positions: int | None
 
     def encode(self, texts: Sequence[str]) -> Any: ...
+
+    def encode_fixed(self, text: str, length: int) -> Any: ...
 
     def forward(self, encoded: Any) -> Any: ...
 
     def logits(self, encoded: Any) -> Any: ...
 
     def session(self) -> contextlib.AbstractContextManager[Any]: ...
+
+    def set_threads(self, threads: int) -> None: ...
 
     def effective_threads(self) -> int: ...
 
@@ -75,10 +100,16 @@ class TorchBackend:
         self.max_length = max_length
         id2label = {int(k): v for k, v in (self.model.config.id2label or {}).items()}
         self.labels = [str(id2label[i]) for i in sorted(id2label)]
+        self.max_positions = usable_positions(self.model.config.to_dict())
 
     def encode(self, texts: Sequence[str]) -> Any:
         return self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+
+    def encode_fixed(self, text: str, length: int) -> Any:
+        return self.tokenizer(
+            [text], padding="max_length", truncation=True, max_length=length, return_tensors="pt"
         )
 
     def forward(self, encoded: Any) -> Any:
@@ -89,6 +120,9 @@ class TorchBackend:
 
     def session(self) -> contextlib.AbstractContextManager[Any]:
         return self._torch.inference_mode()
+
+    def set_threads(self, threads: int) -> None:
+        self._torch.set_num_threads(threads)
 
     def effective_threads(self) -> int:
         return int(self._torch.get_num_threads())
@@ -101,13 +135,30 @@ class OnnxBackend:
 
     def __init__(self, folder: Path, threads: int, max_length: int) -> None:
         import numpy as np
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         from edgekd.size import onnx_model_path
 
         self._np = np
+        self.model_path = onnx_model_path(folder)
         self.threads = threads
+        self.ort_session = self._create_session(threads)
+        self.feeds = self._input_types()
+        outputs = [o.name for o in self.ort_session.get_outputs()]
+        self.output_name = "logits" if "logits" in outputs else outputs[0]
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length)
+        self.pad_token = _pad_token(folder)
+        pad_id = self.tokenizer.token_to_id(self.pad_token)
+        self.pad_id = pad_id if pad_id is not None else 0
+        self.tokenizer.enable_padding(pad_id=self.pad_id, pad_token=self.pad_token)
+        self._fixed_tokenizers: dict[int, Any] = {}
+        self.labels = _onnx_labels(folder)
+        self.max_positions = usable_positions(_read_json_object(folder / "config.json"))
+
+    def _create_session(self, threads: int) -> Any:
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -116,18 +167,9 @@ class OnnxBackend:
         # Spinning threads burn the cores between requests and inflate the numbers of whatever runs next.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self.ort_session = ort.InferenceSession(
-            str(onnx_model_path(folder)), sess_options=options, providers=["CPUExecutionProvider"]
+        return ort.InferenceSession(
+            str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]
         )
-        self.feeds = self._input_types()
-        outputs = [o.name for o in self.ort_session.get_outputs()]
-        self.output_name = "logits" if "logits" in outputs else outputs[0]
-        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self.tokenizer.enable_truncation(max_length)
-        pad_token = _pad_token(folder)
-        pad_id = self.tokenizer.token_to_id(pad_token)
-        self.tokenizer.enable_padding(pad_id=pad_id if pad_id is not None else 0, pad_token=pad_token)
-        self.labels = _onnx_labels(folder)
 
     def _input_types(self) -> dict[str, Any]:
         feeds = {}
@@ -138,16 +180,30 @@ class OnnxBackend:
         return feeds
 
     def encode(self, texts: Sequence[str]) -> dict[str, Any]:
-        np = self._np
         encodings = (
             [self.tokenizer.encode(texts[0])] if len(texts) == 1 else self.tokenizer.encode_batch(texts)
         )
+        return self._as_feeds(encodings)
+
+    def encode_fixed(self, text: str, length: int) -> dict[str, Any]:
+        tokenizer = self._fixed_tokenizers.get(length)
+        if tokenizer is None:
+            from tokenizers import Tokenizer
+
+            # A copy: the serving tokenizer keeps its own truncation and padding settings.
+            tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
+            tokenizer.enable_truncation(length)
+            tokenizer.enable_padding(pad_id=self.pad_id, pad_token=self.pad_token, length=length)
+            self._fixed_tokenizers[length] = tokenizer
+        return self._as_feeds([tokenizer.encode(text)])
+
+    def _as_feeds(self, encodings: Sequence[Any]) -> dict[str, Any]:
         columns = {
             "input_ids": [e.ids for e in encodings],
             "attention_mask": [e.attention_mask for e in encodings],
             "token_type_ids": [e.type_ids for e in encodings],
         }
-        return {name: np.asarray(columns[name], dtype=dtype) for name, dtype in self.feeds.items()}
+        return {name: self._np.asarray(columns[name], dtype=dtype) for name, dtype in self.feeds.items()}
 
     def forward(self, encoded: dict[str, Any]) -> Any:
         return self.ort_session.run([self.output_name], encoded)[0]
@@ -158,16 +214,36 @@ class OnnxBackend:
     def session(self) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
 
+    def set_threads(self, threads: int) -> None:
+        # An ONNX Runtime session's thread pool is fixed at creation: a new session replaces the old one.
+        if threads != self.threads:
+            self.ort_session = self._create_session(threads)
+            self.threads = threads
+
     def effective_threads(self) -> int:
         return self.threads
 
 
+def usable_positions(config: dict[str, Any]) -> int | None:
+    """The longest input (in tokens) a model's position embeddings allow, from its config; None if unknown."""
+    positions = config.get("max_position_embeddings")
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    offset = 2 if str(config.get("model_type", "")) in POSITION_OFFSET_MODEL_TYPES else 0
+    return positions - offset
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _pad_token(folder: Path) -> str:
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        try:
-            value = json.loads((folder / name).read_text(encoding="utf-8")).get("pad_token")
-        except (OSError, ValueError):
-            continue
+        value = _read_json_object(folder / name).get("pad_token")
         if isinstance(value, dict):
             value = value.get("content")
         if isinstance(value, str):
@@ -176,14 +252,12 @@ def _pad_token(folder: Path) -> str:
 
 
 def _onnx_labels(folder: Path) -> list[str]:
-    try:
-        labels = json.loads((folder / "edgekd.json").read_text(encoding="utf-8")).get("labels")
-    except (OSError, ValueError):
-        labels = None
+    labels = _read_json_object(folder / "edgekd.json").get("labels")
     if labels:
         return [str(label) for label in labels]
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()}
+    id2label = {
+        int(k): v for k, v in (_read_json_object(folder / "config.json").get("id2label") or {}).items()
+    }
     return [str(id2label[i]) for i in sorted(id2label)]
 
 
@@ -204,30 +278,57 @@ def load_backend(folder: Path, fmt: str, threads: int, max_length: int) -> Backe
 # Measurements
 
 
-def measure_latency(backend: Backend, texts: Sequence[str], warmup: int) -> dict[str, list[float]]:
-    """Batch-1 requests over `texts` after `warmup` untimed ones.
+def run_untimed(backend: Backend, texts: Sequence[str]) -> None:
+    """Batch-1 requests whose times are thrown away: they fill caches and let allocators settle."""
+    for text in texts:
+        backend.forward(backend.encode([text]))
+
+
+def measure_latency(backend: Backend, texts: Sequence[str]) -> dict[str, list[float]]:
+    """One batch-1 request per text, tokenizer and model call timed apart (e2e is their sum).
 
     Returns:
         Per request, in milliseconds: {"tokenize_ms", "model_ms", "e2e_ms"}.
     """
-    for i in range(warmup):
-        backend.forward(backend.encode([texts[i % len(texts)]]))
     tokenize_ns: list[int] = []
     model_ns: list[int] = []
+    encoded_inputs = []
     with _collector_paused():
+        # Tokenize the whole chunk first, then run the model calls back to back: a tokenizer run just before
+        # each call would evict the model's weights from the CPU caches and charge that to the model.
         for text in texts:
             t0 = time.perf_counter_ns()
-            encoded = backend.encode([text])
-            t1 = time.perf_counter_ns()
+            encoded_inputs.append(backend.encode([text]))
+            tokenize_ns.append(time.perf_counter_ns() - t0)
+        for encoded in encoded_inputs:
+            t0 = time.perf_counter_ns()
             backend.forward(encoded)
-            t2 = time.perf_counter_ns()
-            tokenize_ns.append(t1 - t0)
-            model_ns.append(t2 - t1)
+            model_ns.append(time.perf_counter_ns() - t0)
     return {
         "tokenize_ms": [ns / 1e6 for ns in tokenize_ns],
         "model_ms": [ns / 1e6 for ns in model_ns],
         "e2e_ms": [(a + b) / 1e6 for a, b in zip(tokenize_ns, model_ns, strict=True)],
     }
+
+
+def measure_fixed_length(
+    backend: Backend, text: str, length: int, repeats: int, warmup: int
+) -> dict[str, Any]:
+    """Batch-1 model calls on one input of exactly `length` tokens (tokenized once, outside the timing).
+
+    Returns:
+        {"tokens": the input's real length, "model_ms": one value per repeat}.
+    """
+    encoded = backend.encode_fixed(text, length)
+    for _ in range(warmup):
+        backend.forward(encoded)
+    model_ns: list[int] = []
+    with _collector_paused():
+        for _ in range(repeats):
+            t0 = time.perf_counter_ns()
+            backend.forward(encoded)
+            model_ns.append(time.perf_counter_ns() - t0)
+    return {"tokens": int(encoded["input_ids"].shape[1]), "model_ms": [ns / 1e6 for ns in model_ns]}
 
 
 def predict_all(backend: Backend, texts: Sequence[str], batch_size: int) -> list[int]:
@@ -243,6 +344,19 @@ def predict_all(backend: Backend, texts: Sequence[str], batch_size: int) -> list
         for i, label_id in zip(chunk, logits.argmax(axis=-1).tolist(), strict=True):
             predictions[i] = int(label_id)
     return predictions
+
+
+def measure_throughput(backend: Backend, texts: Sequence[str], batch_size: int) -> float:
+    """Texts per second, tokenization included, over `texts` in arrival order (no length bucketing).
+
+    One untimed batch first, so the first timed batch does not pay for growing buffers to the new shape.
+    """
+    backend.logits(backend.encode(list(texts[:batch_size])))
+    t0 = time.perf_counter_ns()
+    for start in range(0, len(texts), batch_size):
+        backend.logits(backend.encode(list(texts[start : start + batch_size])))
+    elapsed_s = (time.perf_counter_ns() - t0) / 1e9
+    return len(texts) / elapsed_s if elapsed_s > 0 else float("inf")
 
 
 @contextlib.contextmanager
@@ -299,59 +413,73 @@ def _proc_status_kb(field: str) -> int | None:
     return None
 
 
-def benchmark(
-    folder: Path,
-    fmt: str,
-    texts: Sequence[str],
-    latency_texts: Sequence[str],
-    *,
-    threads: int,
-    warmup: int,
-    batch_size: int,
-    max_length: int,
-) -> dict[str, Any]:
-    """Load a model, time batch-1 requests, then predict every text.
-
-    Latency is measured first, in a process that has done nothing but load the model, so the reported serving
-    memory (`peak_rss_mb`) is that of a batch-1 server; the batched accuracy pass comes after and is reported
-    apart (`peak_rss_accuracy_pass_mb`).
-
-    Returns:
-        JSON-ready dict with labels, predictions, per-request latencies (ms), memory and timings.
-    """
-    t0 = time.perf_counter()
-    backend = load_backend(folder, fmt, threads, max_length)
-    load_s = time.perf_counter() - t0
-    rss_after_load = current_rss_mb()
-    with backend.session():
-        latency = measure_latency(backend, latency_texts, warmup) if latency_texts else {}
-        serving_peak = peak_rss_mb()
-        t1 = time.perf_counter()
-        predictions = predict_all(backend, texts, batch_size)
-        accuracy_pass_s = time.perf_counter() - t1
-    return {
-        "model": str(folder),
-        "format": fmt,
-        "threads": threads,
-        "effective_threads": backend.effective_threads(),
-        "warmup": warmup,
-        "batch_size": batch_size,
-        "max_length": max_length,
-        "labels": backend.labels,
-        "predictions": predictions,
-        **latency,
-        "load_s": load_s,
-        "accuracy_pass_s": accuracy_pass_s,
-        "throughput_per_s": len(texts) / accuracy_pass_s if accuracy_pass_s > 0 else None,
-        "rss_after_load_mb": rss_after_load,
-        "peak_rss_mb": serving_peak,
-        "peak_rss_accuracy_pass_mb": peak_rss_mb(),
-        "torch_imported": "torch" in sys.modules,
-    }
-
-
 # ----------------------------------------------------------------------------------------------------------
-# Process boundary
+# The command loop (inside the worker process)
+
+
+def handle_command(backend: Backend, command: dict[str, Any]) -> dict[str, Any]:
+    """Run one protocol command against the loaded model and return its answer (without the memory fields).
+
+    Raises:
+        ValueError: Unknown command or missing fields.
+    """
+    name = command.get("cmd")
+    if name == "status":
+        return {}
+    if name == "warmup":
+        run_untimed(backend, command["texts"])
+        return {"n": len(command["texts"])}
+    if name == "latency":
+        return dict(measure_latency(backend, command["texts"]))
+    if name == "fixed_length":
+        return measure_fixed_length(
+            backend,
+            command["text"],
+            int(command["length"]),
+            int(command["repeats"]),
+            int(command.get("warmup", 1)),
+        )
+    if name == "predict":
+        t0 = time.perf_counter()
+        predictions = predict_all(backend, command["texts"], int(command["batch_size"]))
+        return {"predictions": predictions, "seconds": time.perf_counter() - t0}
+    if name == "throughput":
+        backend.set_threads(int(command["threads"]))
+        rates = {
+            str(b): measure_throughput(backend, command["texts"], int(b)) for b in command["batch_sizes"]
+        }
+        return {"texts_per_s": rates, "threads": backend.effective_threads()}
+    raise ValueError(f"unknown command {name!r}")
+
+
+def serve(backend: Backend, lines: IO[str], answer: Callable[[dict[str, Any]], None]) -> None:
+    """Answer commands until `exit` or the end of input; a failing command is reported, not fatal."""
+    with backend.session():
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                command = json.loads(line)
+                if command.get("cmd") == "exit":
+                    return
+                result = {"ok": True, **handle_command(backend, command)}
+            except Exception as exc:  # the parent turns it into a StageError naming the variant
+                result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            answer({**result, "rss_mb": current_rss_mb(), "peak_rss_mb": peak_rss_mb()})
+
+
+def _protocol_writer() -> Callable[[dict[str, Any]], None]:
+    """A writer on the original stdout; fd 1 is pointed at stderr so stray library prints cannot corrupt it."""
+    sys.stdout.flush()
+    channel = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def answer(message: dict[str, Any]) -> None:
+        channel.write(json.dumps(message) + "\n")
+        channel.flush()
+
+    return answer
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -361,52 +489,26 @@ def thread_env(threads: int) -> dict[str, str]:
     return env
 
 
-def read_texts(path: Path) -> tuple[list[str], list[str]]:
-    """The accuracy texts and the latency request texts from a worker input file.
-
-    Raises:
-        ValueError: When the file is not {"texts": [...], "latency_texts": [...]} with strings.
-    """
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(data, list):
-        data = {"texts": data, "latency_texts": data}
-    texts, latency = data.get("texts"), data.get("latency_texts", [])
-    for name, value in (("texts", texts), ("latency_texts", latency)):
-        if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
-            raise ValueError(f"{path}: '{name}' must be a list of strings")
-    return texts, latency
-
-
 def default_max_length(folder: Path) -> int:
     """The max_length the export recorded in edgekd.json, else the recipe default."""
-    try:
-        return int(json.loads((folder / "edgekd.json").read_text(encoding="utf-8"))["max_length"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return DEFAULT_MAX_LENGTH
+    value = _read_json_object(folder / "edgekd.json").get("max_length")
+    return value if isinstance(value, int) and value > 0 else DEFAULT_MAX_LENGTH
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m edgekd.bench.worker", description="Benchmark one model in a process of its own."
+        prog="python -m edgekd.bench.worker",
+        description="Serve benchmark commands (JSON lines on stdin) for one model in a process of its own.",
     )
     parser.add_argument("--model", required=True, type=Path, help="model folder")
     parser.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
-    parser.add_argument(
-        "--texts", required=True, type=Path, help='JSON {"texts": [...], "latency_texts": [...]}'
-    )
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=32, help="batch size of the accuracy pass")
     parser.add_argument(
         "--max-length", type=int, default=None, help="truncation (default: edgekd.json, else 128)"
     )
-    parser.add_argument("--out", required=True, type=Path, help="result JSON")
     args = parser.parse_args(argv)
-    for name in ("threads", "batch_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.warmup < 0:
-        parser.error("--warmup cannot be negative")
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
     return args
 
 
@@ -415,72 +517,137 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # Before numpy/torch/onnxruntime are imported: OpenMP and MKL read these once, at load.
     os.environ.update(thread_env(args.threads))
-    texts, latency_texts = read_texts(args.texts)
-    result = benchmark(
-        args.model,
-        args.fmt,
-        texts,
-        latency_texts,
-        threads=args.threads,
-        warmup=args.warmup,
-        batch_size=args.batch_size,
-        max_length=args.max_length or default_max_length(args.model),
+    answer = _protocol_writer()
+    max_length = args.max_length or default_max_length(args.model)
+    t0 = time.perf_counter()
+    try:
+        backend = load_backend(args.model, args.fmt, args.threads, max_length)
+    except Exception as exc:
+        answer({"ok": False, "error": f"cannot load {args.model}: {type(exc).__name__}: {exc}"})
+        return 1
+    answer(
+        {
+            "ok": True,
+            "event": "ready",
+            "labels": backend.labels,
+            "max_positions": backend.max_positions,
+            "max_length": max_length,
+            "load_s": time.perf_counter() - t0,
+            "threads": args.threads,
+            "effective_threads": backend.effective_threads(),
+            "torch_imported": "torch" in sys.modules,
+            "rss_mb": current_rss_mb(),
+            "peak_rss_mb": peak_rss_mb(),
+        }
     )
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(result) + "\n", encoding="utf-8")
-    os.replace(tmp, args.out)
+    serve(backend, sys.stdin, answer)
     return 0
 
 
-def run_worker(
-    model_dir: Path,
-    fmt: str,
-    texts_file: Path,
-    out_file: Path,
-    *,
-    threads: int,
-    warmup: int,
-    batch_size: int,
-    max_length: int,
-    timeout: float | None = None,
-) -> dict[str, Any]:
-    """Run the worker for one model in a fresh Python process and return its result.
+# ----------------------------------------------------------------------------------------------------------
+# The parent's side of the process boundary
+
+
+class WorkerProcess:
+    """A running worker for one model: send a command, get its answer (one at a time, synchronously).
+
+    Call `wait_ready()` before the first `request()`. Use as a context manager, or call `close()`: the process
+    is asked to exit and killed if it does not.
 
     Args:
-        model_dir: The model folder.
+        name: The variant's name, used in error messages.
+        folder: The model folder.
         fmt: "pytorch" or "onnx".
-        texts_file: Worker input file (see the module docstring).
-        out_file: Where the worker writes its result JSON.
         threads: Intra-op threads for the model (and the cap for every native pool).
-        warmup: Untimed requests before the timed ones.
-        batch_size: Batch size of the accuracy pass.
-        max_length: Truncation length in tokens.
-        timeout: Seconds before the worker is killed (None: no limit).
-
-    Raises:
-        StageError: The worker failed or timed out; the message ends with its last stderr lines.
+        max_length: Truncation length in tokens for the text requests.
     """
-    from edgekd.errors import StageError
 
-    command = [
-        sys.executable,
-        "-m",
-        "edgekd.bench.worker",
-        *("--model", str(model_dir), "--format", fmt, "--texts", str(texts_file), "--out", str(out_file)),
-        *("--threads", str(threads), "--warmup", str(warmup)),
-        *("--batch-size", str(batch_size), "--max-length", str(max_length)),
-    ]
-    try:
-        done = subprocess.run(
-            command, env=worker_env(threads), capture_output=True, text=True, timeout=timeout
+    def __init__(self, name: str, folder: Path, fmt: str, threads: int, max_length: int) -> None:
+        self.name = name
+        self.folder = folder
+        # stderr goes to a file, not a pipe: a chatty library could otherwise fill the pipe and stall the worker.
+        self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")  # noqa: SIM115
+        command = [sys.executable, "-m", "edgekd.bench.worker", "--model", str(folder), "--format", fmt]
+        command += ["--threads", str(threads), "--max-length", str(max_length)]
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=worker_env(threads),
+            text=True,
+            encoding="utf-8",
         )
-    except subprocess.TimeoutExpired:
-        raise StageError(f"the benchmark worker for {model_dir} took longer than {timeout:.0f}s") from None
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-STDERR_TAIL_LINES:])
-        raise StageError(f"the benchmark worker for {model_dir} failed (exit {done.returncode}):\n{tail}")
-    result: dict[str, Any] = json.loads(out_file.read_text(encoding="utf-8"))
-    return result
+        self._ready: dict[str, Any] | None = None
+
+    def wait_ready(self) -> dict[str, Any]:
+        """The worker's `ready` answer (labels, max_positions, load_s, ...), waiting for it the first time.
+
+        Workers are started first and waited for afterwards, so that the models load side by side.
+        """
+        if self._ready is None:
+            self._ready = self._read_answer("loading the model")
+        return self._ready
+
+    def request(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Send one command and wait for its answer.
+
+        Raises:
+            StageError: The worker died, or answered with an error.
+        """
+        from edgekd.errors import StageError
+
+        stdin = self._process.stdin
+        assert stdin is not None
+        try:
+            stdin.write(json.dumps(command) + "\n")
+            stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise StageError(self._failure(f"'{command.get('cmd')}'")) from None
+        return self._read_answer(f"'{command.get('cmd')}'")
+
+    def _read_answer(self, what: str) -> dict[str, Any]:
+        from edgekd.errors import StageError
+
+        stdout = self._process.stdout
+        assert stdout is not None
+        line = stdout.readline()
+        if not line:
+            raise StageError(self._failure(what))
+        answer: dict[str, Any] = json.loads(line)
+        if not answer.get("ok"):
+            raise StageError(f"the benchmark worker for {self.name} failed at {what}: {answer.get('error')}")
+        return answer
+
+    def _failure(self, what: str) -> str:
+        code = self._process.wait(timeout=30)
+        self._stderr.seek(0)
+        tail = "\n".join(self._stderr.read().strip().splitlines()[-STDERR_TAIL_LINES:])
+        return f"the benchmark worker for {self.name} ({self.folder}) failed at {what} (exit {code}):\n{tail}"
+
+    def close(self) -> None:
+        """Ask the worker to exit; kill it if it does not within a few seconds."""
+        if self._process.poll() is None:
+            with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+                assert self._process.stdin is not None
+                self._process.stdin.write('{"cmd": "exit"}\n')
+                self._process.stdin.close()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        for stream in (self._process.stdin, self._process.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    stream.close()
+        self._stderr.close()
+
+    def __enter__(self) -> WorkerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def worker_env(threads: int) -> dict[str, str]:

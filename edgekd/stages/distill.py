@@ -1,23 +1,43 @@
 """Distill stage: train the student on the teacher's soft targets plus the gold labels.
 
-In:  teacher/model (from the teacher stage), recipe.student, recipe.distill, the data.
-Out: model/ (student, Hugging Face folder with tokenizer), log_history.json, stage.json.
+In:  teacher/model (from the teacher stage), recipe.student, recipe.distill, the data
+     (+ distill.unlabeled texts, which the teacher labels).
+Out: model/ (student, Hugging Face folder with tokenizer), log_history.json, stage.json
+     (+ search.json when distill.search.n_trials > 0).
 
 The teacher's logits are computed once per example and cached under <run>/cache/, keyed by the teacher
-stage's key and the data; every epoch (and every re-run with other distillation settings) reuses them.
-Because the targets are per example, the student may use a different tokenizer from the teacher's.
+stage's key and the data; every epoch (and every re-run or search trial with other distillation settings) reuses
+them. Because the targets are per example, the student may use a different tokenizer from the teacher's.
+Intermediate losses (`distill.losses`) compare hidden states / attentions token by token: they need the
+teacher's per-token outputs, which are too large to cache, so the teacher then runs on every training batch.
+
+Under torchrun every process trains (DDP); rank 0 alone computes the cache and writes files (see
+edgekd/distributed.py).
 """
 
 from __future__ import annotations
 
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgekd.data import Splits, load_splits
+from edgekd.distributed import barrier, is_distributed, is_main_process, main_process_first, world_size
 from edgekd.errors import InputError, StageError
+from edgekd.intermediate import (
+    IntermediatePlan,
+    check_layer_subset,
+    intermediate_losses,
+    make_student_module,
+    plan_intermediate,
+    prepare_for_attention_transfer,
+    shape_of,
+    teacher_ids_for_student_tokens,
+)
 from edgekd.losses import distillation_loss
 from edgekd.models import (
     build_from_config,
@@ -26,8 +46,8 @@ from edgekd.models import (
     load_tokenizer,
     resolve_tokenizer,
 )
-from edgekd.recipe import Recipe
-from edgekd.stage import StageContext, StageResult, fingerprint_path, read_stage_json, stable_hash
+from edgekd.recipe import DistillSpec, Recipe
+from edgekd.stage import StageContext, StageResult, fingerprint_path, read_stage_json, stable_hash, write_json
 from edgekd.training import (
     accuracy_metric,
     choose_precision,
@@ -37,14 +57,17 @@ from edgekd.training import (
     tokenize,
     training_arguments,
 )
+from edgekd.unlabeled import load_unlabeled_texts
 
 
 class DistillStage:
     name = "distill"
     folder = "distill"
     needs: tuple[str, ...] = ("teacher",)
+    distributed = True  # every torchrun process runs it (DDP); rank 0 writes
 
     def params(self, recipe: Recipe) -> dict[str, Any]:
+        unlabeled = recipe.distill.unlabeled
         return {
             "seed": recipe.seed,
             "data": recipe.data.model_dump(mode="json"),
@@ -53,23 +76,43 @@ class DistillStage:
                 recipe.student.model if recipe.student.model != "teacher" else None
             ),
             "distill": recipe.distill.model_dump(mode="json"),
+            "unlabeled_files": fingerprint_path(unlabeled.path if unlabeled else None),
         }
 
     def run(self, ctx: StageContext, out_dir: Path) -> StageResult:
         recipe = ctx.recipe
+        spec = recipe.distill
+        if spec.search.n_trials and is_distributed():
+            raise InputError(
+                "distill.search runs in a single process", hint="run the search without torchrun"
+            )
         splits = load_splits(recipe.data, recipe.seed)
+        unlabeled = load_unlabeled_texts(spec.unlabeled, recipe.seed)
         teacher_dir = ctx.inputs["teacher"] / "model"
-        precision = choose_precision(recipe.distill.precision)
-        logits = {
-            split: cached_teacher_logits(teacher_dir, splits, split, recipe, ctx)
-            for split in ("train", "validation")
-        }
-        seed_everything(recipe.distill.seed)  # before any fresh head or model is initialised
+        precision = choose_precision(spec.precision)
+        with main_process_first():  # rank 0 fills the cache; the other ranks then read it
+            logits = {
+                split: cached_teacher_logits(teacher_dir, splits.texts(split), split, recipe, ctx)
+                for split in ("train", "validation")
+            }
+            if unlabeled:
+                logits["unlabeled"] = cached_teacher_logits(teacher_dir, unlabeled, "unlabeled", recipe, ctx)
+        seed_everything(spec.seed)  # before any fresh head or model is initialised
         student, tokenizer = build_student(recipe, splits, teacher_dir)
-        model, metrics = train_student(student, tokenizer, splits, logits, recipe, precision, out_dir, ctx)
-        model.save_pretrained(out_dir / "model", safe_serialization=True)
-        tokenizer.save_pretrained(out_dir / "model")
-        metrics["params"] = sum(p.numel() for p in model.parameters())
+        plan = plan_for_models(recipe, teacher_dir, student)
+        data = distill_data(splits, unlabeled, logits, tokenizer, teacher_dir, plan, recipe.data.max_length)
+        job = TrainJob(recipe, data, plan, teacher_dir, precision, ctx)
+        if spec.search.n_trials:
+            trained, record = search_student(job, tokenizer, out_dir)
+            if is_main_process():
+                write_json(out_dir / "search.json", record)
+        else:
+            trained = train_student(student, tokenizer, spec, job, out_dir / "checkpoints")
+        if is_main_process():
+            save_log_history(trained.log_history, out_dir / "log_history.json")
+            trained.model.save_pretrained(out_dir / "model", safe_serialization=True)
+            tokenizer.save_pretrained(out_dir / "model")
+        metrics = {**trained.metrics, "params": sum(p.numel() for p in trained.model.parameters())}
         return StageResult(metrics=metrics)
 
 
@@ -106,19 +149,33 @@ def build_student(recipe: Recipe, splits: Splits, teacher_dir: Path) -> tuple[An
     return model, tokenizer
 
 
+def plan_for_models(recipe: Recipe, teacher_dir: Path, student: Any) -> IntermediatePlan | None:
+    """The intermediate-loss plan checked against the real teacher and student (the pipeline checked the
+    recipe's configs before training already; this also covers the Python API and `student.init: config`)."""
+    from edgekd.intermediate import config_of
+
+    losses = recipe.distill.losses
+    if losses.hidden.weight <= 0 and losses.attention.weight <= 0:
+        return None
+    teacher_shape = shape_of(config_of(str(teacher_dir), None), "teacher")
+    if recipe.student.init == "layers" and recipe.student.model == "teacher":
+        check_layer_subset(recipe.student.layers or [], teacher_shape.layers, "teacher")
+    return plan_intermediate(losses, teacher_shape, shape_of(student.config, "student"))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Teacher outputs
 
 
 def cached_teacher_logits(
-    teacher_dir: Path, splits: Splits, split: str, recipe: Recipe, ctx: StageContext
+    teacher_dir: Path, texts: list[str], split: str, recipe: Recipe, ctx: StageContext
 ) -> Any:
-    """The teacher's logits for every row of `split`, from <run>/cache/ or computed once and stored there."""
+    """The teacher's logits for every text of `split`, from <run>/cache/ or computed once and stored there."""
     teacher_record = read_stage_json(teacher_dir.parent) or {}
     key = stable_hash(
         {
             "teacher": teacher_record.get("key") or fingerprint_path(str(teacher_dir)),
-            "texts": stable_hash(splits.texts(split)),
+            "texts": stable_hash(texts),
             "max_length": recipe.data.max_length,
         }
     )
@@ -127,7 +184,7 @@ def cached_teacher_logits(
         ctx.log(f"teacher logits for {split}: cached ({path.name})")
         return np.load(path)
     t0 = time.perf_counter()
-    logits = teacher_logits(teacher_dir, splits.texts(split), recipe.data.max_length, split)
+    logits = teacher_logits(teacher_dir, texts, recipe.data.max_length, split)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".partial.npy")
     np.save(tmp, logits)
@@ -161,27 +218,109 @@ def teacher_logits(teacher_dir: Path, texts: list[str], max_length: int, desc: s
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Training data
+
+
+@dataclass
+class DistillData:
+    """Tokenized training rows (labelled, then unlabelled with label -100) and validation rows, each with the
+    teacher's logits; plus the teacher's own token ids when they differ from the student's."""
+
+    train: Any
+    validation: Any
+    labelled_rows: int
+    unlabeled_rows: int
+    teacher_validation_accuracy: float
+    teacher_pad_id: int | None = None
+
+
+def distill_data(
+    splits: Splits,
+    unlabeled: list[str],
+    logits: dict[str, Any],
+    tokenizer: Any,
+    teacher_dir: Path,
+    plan: IntermediatePlan | None,
+    max_length: int,
+) -> DistillData:
+    """Tokenize once (every search trial reuses it) and attach the cached teacher outputs."""
+    from datasets import Dataset, concatenate_datasets
+
+    train_rows = splits.dataset("train")
+    train_logits = logits["train"]
+    if unlabeled:
+        extra = Dataset.from_dict({"text": unlabeled, "label": [-100] * len(unlabeled)})
+        train_rows = concatenate_datasets([train_rows, extra])
+        train_logits = np.concatenate([train_logits, logits["unlabeled"]])
+    teacher_ids, teacher_pad_id = None, None
+    if plan is not None:
+        teacher_tokenizer = load_tokenizer(str(teacher_dir))
+        texts = splits.texts("train") + unlabeled
+        teacher_ids = teacher_ids_for_student_tokens(teacher_tokenizer, tokenizer, texts, max_length, "train")
+        teacher_pad_id = teacher_tokenizer.pad_token_id
+    train = tokenize(train_rows, tokenizer, max_length)
+    train = train.add_column("teacher_logits", [row.tolist() for row in train_logits])
+    if teacher_ids is not None:
+        train = train.add_column("teacher_input_ids", teacher_ids)
+    validation = tokenize(splits.dataset("validation"), tokenizer, max_length)
+    validation = validation.add_column("teacher_logits", [row.tolist() for row in logits["validation"]])
+    teacher_val_acc = float(
+        (logits["validation"].argmax(-1) == np.array(splits.label_ids("validation"))).mean()
+    )
+    return DistillData(
+        train=train,
+        validation=validation,
+        labelled_rows=len(splits.train),
+        unlabeled_rows=len(unlabeled),
+        teacher_validation_accuracy=teacher_val_acc,
+        teacher_pad_id=teacher_pad_id,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Training
+
+
+@dataclass
+class TrainJob:
+    """What every training run of this stage shares (one run, or one per search trial)."""
+
+    recipe: Recipe
+    data: DistillData
+    plan: IntermediatePlan | None
+    teacher_dir: Path
+    precision: str
+    ctx: StageContext
+
+
+@dataclass
+class TrainedStudent:
+    model: Any
+    metrics: dict[str, Any]
+    log_history: list[dict[str, Any]]
 
 
 def train_student(
     student: Any,
     tokenizer: Any,
-    splits: Splits,
-    logits: dict[str, Any],
-    recipe: Recipe,
-    precision: str,
-    out_dir: Path,
-    ctx: StageContext,
-) -> tuple[Any, dict[str, Any]]:
-    import shutil
+    spec: DistillSpec,
+    job: TrainJob,
+    checkpoints: Path,
+    callbacks: list[Any] | None = None,
+    resume: bool = True,
+) -> TrainedStudent:
+    """Distil into `student` with `spec`'s settings; keep the checkpoint with the best validation accuracy.
 
-    spec = recipe.distill
-    train = tokenize(splits.dataset("train"), tokenizer, recipe.data.max_length)
-    train = train.add_column("teacher_logits", [row.tolist() for row in logits["train"]])
-    validation = tokenize(splits.dataset("validation"), tokenizer, recipe.data.max_length)
-    validation = validation.add_column("teacher_logits", [row.tolist() for row in logits["validation"]])
-    checkpoints = out_dir / "checkpoints"
+    Args:
+        student: The student classifier (trained in place).
+        tokenizer: The student's tokenizer (pads the batches).
+        spec: Distillation settings (the recipe's, or a search trial's variant of them).
+        job: Data, intermediate-loss plan, precision and context shared by every run of the stage.
+        checkpoints: Trainer checkpoint folder, removed at the end.
+        callbacks: Extra Trainer callbacks (the search's pruning callback).
+        resume: Continue from a checkpoint an interrupted run left in `checkpoints`.
+    """
+    data, plan = job.data, job.plan
     args = training_arguments(
         checkpoints,
         epochs=spec.epochs,
@@ -191,45 +330,117 @@ def train_student(
         warmup_ratio=spec.warmup_ratio,
         max_steps=spec.max_steps,
         seed=spec.seed,
-        precision=precision,
-        n_train=len(train),
+        precision=job.precision,
+        n_train=len(data.train),
     )
     args.remove_unused_columns = False  # keep teacher_logits for compute_loss
-    trainer = make_distill_trainer(student, tokenizer, args, train, validation, spec.alpha, spec.temperature)
-    ctx.log(
-        f"distilling into the student on {len(train)} rows ({precision}, alpha {spec.alpha}, T {spec.temperature})"
+    args.label_names = ["labels"]  # the Trainer cannot infer it from the projection wrapper's forward()
+    model = student
+    teacher = None
+    if plan is not None:
+        model = make_student_module(student, plan)
+        teacher = load_classifier(str(job.teacher_dir)).eval().to(args.device)
+        if plan.needs_attention:
+            prepare_for_attention_transfer(student)
+            prepare_for_attention_transfer(teacher)
+    trainer = make_distill_trainer(
+        model, tokenizer, job.data, args, spec.alpha, spec.temperature, plan, teacher, callbacks or []
+    )
+    job.ctx.log(
+        f"distilling into the student on {len(data.train)} rows ({job.precision}, alpha {spec.alpha:.3g}, "
+        f"T {spec.temperature:.3g}, lr {spec.learning_rate:.3g}, {spec.epochs:g} epochs"
+        + (f", {world_size()} processes" if is_distributed() else "")
+        + ")"
     )
     t0 = time.perf_counter()
-    resume = last_checkpoint(checkpoints)
-    if resume:
-        ctx.log(f"resuming training from {Path(resume).name}")
-    output = trainer.train(resume_from_checkpoint=resume)
+    last = last_checkpoint(checkpoints) if resume else None
+    if last:
+        job.ctx.log(f"resuming training from {Path(last).name}")
+    output = trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - t0
     final = trainer.evaluate()
-    save_log_history(trainer.state.log_history, out_dir / "log_history.json")
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    teacher_val_acc = float(
-        (logits["validation"].argmax(-1) == np.array(splits.label_ids("validation"))).mean()
-    )
-    return trainer.model.eval(), {
-        "precision": precision,
-        "train_rows": len(train),
+    barrier()  # every rank has loaded the best checkpoint before rank 0 deletes them
+    if is_main_process():
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    trained = trainer.model.student if plan is not None else trainer.model
+    metrics: dict[str, Any] = {
+        "precision": job.precision,
+        "train_rows": data.labelled_rows,
+        "unlabeled_rows": data.unlabeled_rows,
         "validation_accuracy": final["eval_accuracy"],
-        "teacher_validation_accuracy": teacher_val_acc,
+        "teacher_validation_accuracy": data.teacher_validation_accuracy,
         "train_seconds": round(seconds, 1),
         "train_samples_per_s": round(output.metrics.get("train_samples_per_second", 0.0), 2),
         "epochs_run": round(trainer.state.epoch or 0.0, 3),
+        "world_size": world_size(),
+    }
+    if plan is not None:
+        metrics["intermediate"] = intermediate_metrics(plan, trainer.teacher_seconds, seconds)
+    return TrainedStudent(trained.eval(), metrics, list(trainer.state.log_history))
+
+
+def intermediate_metrics(
+    plan: IntermediatePlan, teacher_seconds: float, train_seconds: float
+) -> dict[str, Any]:
+    """What the intermediate losses were and what running the teacher on every batch cost."""
+    return {
+        "hidden_weight": plan.hidden_weight,
+        "hidden_pairs": [list(p) for p in plan.hidden_pairs],
+        "attention_weight": plan.attention_weight,
+        "attention_pairs": [list(p) for p in plan.attention_pairs],
+        "projection": plan.projects,
+        "teacher_forward_seconds": round(teacher_seconds, 2),
+        "teacher_forward_share": round(teacher_seconds / train_seconds, 3) if train_seconds else None,
     }
 
 
+def search_student(job: TrainJob, tokenizer: Any, out_dir: Path) -> tuple[TrainedStudent, dict[str, Any]]:
+    """Optuna search: every trial trains a fresh student; the best one is returned with the search record."""
+    from edgekd.search import run_search
+
+    recipe = job.recipe
+    spec = recipe.distill
+    splits = load_splits(recipe.data, recipe.seed)
+    trial_root = out_dir / "checkpoints"
+    trial_numbers = iter(range(spec.search.n_trials))
+
+    def train_trial(params: dict[str, Any], callbacks: list[Any]) -> tuple[TrainedStudent, dict[str, Any]]:
+        seed_everything(spec.seed)  # every trial starts from the same student initialisation
+        student, _ = build_student(recipe, splits, job.teacher_dir)
+        checkpoints = trial_root / f"trial-{next(trial_numbers)}"
+        try:
+            trained = train_student(
+                student, tokenizer, spec.model_copy(update=params), job, checkpoints, callbacks, resume=False
+            )
+        finally:
+            shutil.rmtree(checkpoints, ignore_errors=True)  # pruned trials stop mid-training
+        return trained, trained.metrics
+
+    job.ctx.log(
+        f"searching distillation settings: {spec.search.n_trials} trials (Optuna TPE, seed {spec.seed})"
+    )
+    outcome = run_search(spec.search, spec.seed, train_trial, log=job.ctx.log)
+    shutil.rmtree(trial_root, ignore_errors=True)
+    best: TrainedStudent = outcome.model
+    best.metrics = outcome.metrics
+    return best, outcome.record
+
+
 def make_distill_trainer(
-    model: Any, tokenizer: Any, args: Any, train: Any, validation: Any, alpha: float, temperature: float
+    model: Any,
+    tokenizer: Any,
+    data: DistillData,
+    args: Any,
+    alpha: float,
+    temperature: float,
+    plan: IntermediatePlan | None = None,
+    teacher: Any = None,
+    callbacks: list[Any] | None = None,
 ) -> Any:
-    """A `Trainer` whose loss is the distillation loss; CE and KD parts are logged beside the total."""
+    """A `Trainer` whose loss is the distillation loss; its parts (CE, KD, hidden, attention) are logged
+    beside the total."""
     import torch
     from transformers import Trainer
-
-    collate = TeacherLogitsCollator(tokenizer)
 
     class DistillTrainer(Trainer):
         def __init__(self, *a: Any, **kw: Any) -> None:
@@ -237,7 +448,8 @@ def make_distill_trainer(
             # Our loss is a per-batch mean, so let the Trainer do gradient-accumulation scaling itself
             # instead of expecting a sum divided by `num_items_in_batch`.
             self.model_accepts_loss_kwargs = False
-            self._parts: dict[str, list[float]] = {"ce": [], "kd": []}
+            self._parts: dict[str, list[float]] = {"ce": [], "kd": [], "hidden": [], "attention": []}
+            self.teacher_seconds = 0.0
 
         def compute_loss(
             self,
@@ -248,17 +460,45 @@ def make_distill_trainer(
         ) -> Any:
             targets = inputs.pop("teacher_logits")
             labels = inputs.pop("labels", None)
-            outputs = model(**inputs)
-            loss = distillation_loss(outputs.logits, targets, labels, alpha, temperature)
-            if not torch.isfinite(loss.total):
+            teacher_ids = inputs.pop("teacher_input_ids", None)
+            if plan is not None and model.training:
+                outputs = model(**inputs, output_intermediates=True)
+                teacher_out = self.teacher_forward(teacher_ids, inputs)
+                logits = outputs["logits"]
+                extra = intermediate_losses(outputs, teacher_out, inputs["attention_mask"], plan)
+            else:
+                outputs = model(**inputs)
+                logits = outputs.logits
+                extra = {}
+            loss = distillation_loss(logits, targets, labels, alpha, temperature)
+            total = loss.total
+            if plan is not None and extra:
+                total = total + plan.hidden_weight * extra.get("hidden", 0.0)
+                total = total + plan.attention_weight * extra.get("attention", 0.0)
+            if not torch.isfinite(total):
                 raise StageError(
-                    f"the distillation loss became {loss.total.item()} at step {self.state.global_step}",
+                    f"the distillation loss became {total.item()} at step {self.state.global_step}",
                     hint="lower distill.learning_rate or use precision: fp32",
                 )
             if model.training:
                 self._parts["ce"].append(loss.ce.item())
                 self._parts["kd"].append(loss.kd.item())
-            return (loss.total, outputs) if return_outputs else loss.total
+                for name, value in extra.items():
+                    self._parts[name].append(value.item())
+            return (total, outputs) if return_outputs else total
+
+        def teacher_forward(self, teacher_ids: Any, inputs: dict[str, Any]) -> Any:
+            """The teacher's hidden states / attentions for this batch, timed (they cannot be cached)."""
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                out = teacher(
+                    input_ids=teacher_ids if teacher_ids is not None else inputs["input_ids"],
+                    attention_mask=inputs["attention_mask"],
+                    output_hidden_states=plan is not None and plan.needs_hidden,
+                    output_attentions=plan is not None and plan.needs_attention,
+                )
+            self.teacher_seconds += time.perf_counter() - t0
+            return out
 
         def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
             if "loss" in logs:
@@ -271,27 +511,38 @@ def make_distill_trainer(
     return DistillTrainer(
         model=model,
         args=args,
-        train_dataset=train,
-        eval_dataset=validation,
-        data_collator=collate,
+        train_dataset=data.train,
+        eval_dataset=data.validation,
+        data_collator=TeacherLogitsCollator(tokenizer, data.teacher_pad_id),
         compute_metrics=accuracy_metric,
+        callbacks=callbacks or [],
     )
 
 
 class TeacherLogitsCollator:
-    """Dynamic padding for the token fields; teacher logits are stacked as a float tensor."""
+    """Dynamic padding for the token fields; teacher logits are stacked as a float tensor, and the teacher's
+    own token ids (when its vocabulary differs) are padded like the student's."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, teacher_pad_id: int | None = None) -> None:
         from transformers import DataCollatorWithPadding
 
         self.pad = DataCollatorWithPadding(tokenizer)
+        self.teacher_pad_id = teacher_pad_id if teacher_pad_id is not None else 0
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
         targets = torch.tensor([f.pop("teacher_logits") for f in features], dtype=torch.float32)
+        teacher_ids = (
+            [f.pop("teacher_input_ids") for f in features] if "teacher_input_ids" in features[0] else None
+        )
         for f in features:
             f.pop("length", None)
         batch = self.pad(features)
         batch["teacher_logits"] = targets
+        if teacher_ids is not None:
+            width = batch["input_ids"].shape[1]
+            batch["teacher_input_ids"] = torch.tensor(
+                [ids + [self.teacher_pad_id] * (width - len(ids)) for ids in teacher_ids], dtype=torch.long
+            )
         return batch

@@ -56,7 +56,11 @@ class ExportStage:
 
     name = "export"
     folder = "export"
-    needs: tuple[str, ...] = ("distill",)
+
+    def __init__(self, source: str = "distill") -> None:
+        """Args: source: the stage whose `model/` folder is exported (distill, or prune_vocab when enabled)."""
+        self.source = source
+        self.needs: tuple[str, ...] = (source,)
 
     def params(self, recipe: Recipe) -> dict[str, Any]:
         """What the output depends on besides the distilled model (the parity texts come from the data)."""
@@ -69,7 +73,7 @@ class ExportStage:
 
     def run(self, ctx: StageContext, out_dir: Path) -> StageResult:
         recipe = ctx.recipe
-        source = ctx.inputs["distill"] / "model"
+        source = ctx.inputs[self.source] / "model"
         labels = read_model_labels(source)
         splits = load_splits(recipe.data, recipe.seed)
         if splits.labels != labels:

@@ -19,6 +19,7 @@ from edgekd.stage import StageContext, StageResult, fingerprint_path
 from edgekd.training import (
     accuracy_metric,
     choose_precision,
+    finite_loss_trainer_class,
     last_checkpoint,
     save_log_history,
     seed_everything,
@@ -93,7 +94,7 @@ def finetune(
     model: Any, tokenizer: Any, splits: Splits, recipe: Recipe, out_dir: Path, ctx: StageContext
 ) -> tuple[Any, dict[str, Any]]:
     """Supervised fine-tuning with the Trainer; keeps the checkpoint with the best validation accuracy."""
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback
 
     spec = recipe.teacher.finetune
     precision = choose_precision(spec.precision)
@@ -116,7 +117,10 @@ def finetune(
     callbacks = []
     if spec.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience))
-    trainer = Trainer(
+    trainer_class = finite_loss_trainer_class(
+        "fine-tuning", hint="lower teacher.finetune.learning_rate or use precision: fp32"
+    )
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=train,

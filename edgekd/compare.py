@@ -1,0 +1,228 @@
+"""`edgekd compare A B`: what changed between two benchmark reports, per model and in the environment.
+
+A number that moved is only meaningful next to what else moved: a p50 that doubled on another CPU, another
+onnxruntime or another thread budget says nothing about the model. So the environment differences are listed
+with the per-model ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from edgekd.errors import InputError
+
+REPORT_FILE = "report.json"
+# (label, how to read it from a variant, digits, unit)
+METRICS: tuple[tuple[str, Callable[[Mapping[str, Any]], Any], int, str], ...] = (
+    ("accuracy", lambda v: v.get("accuracy"), 4, ""),
+    ("p50 ms", lambda v: (v.get("latency_ms") or {}).get("p50"), 3, ""),
+    ("p90 ms", lambda v: (v.get("latency_ms") or {}).get("p90"), 3, ""),
+    (
+        "size MB",
+        lambda v: v["size_bytes"] / 1e6 if isinstance(v.get("size_bytes"), int | float) else None,
+        2,
+        "",
+    ),
+    ("speed-up p50", lambda v: v.get("speedup_p50"), 2, "x"),
+)
+
+
+@dataclass(frozen=True)
+class MetricChange:
+    """One number of one model in both reports."""
+
+    variant: str
+    metric: str
+    a: float | None
+    b: float | None
+    digits: int
+    unit: str
+
+    @property
+    def delta(self) -> float | None:
+        return self.b - self.a if self.a is not None and self.b is not None else None
+
+    @property
+    def relative(self) -> float | None:
+        return self.delta / self.a if self.delta is not None and self.a else None
+
+
+@dataclass(frozen=True)
+class EnvChange:
+    """One environment setting that differs between the reports."""
+
+    key: str
+    a: str
+    b: str
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Everything `edgekd compare` shows."""
+
+    path_a: Path
+    path_b: Path
+    metrics: list[MetricChange]
+    only_in_a: list[str]
+    only_in_b: list[str]
+    environment: list[EnvChange]
+
+
+def resolve_report(path: str | Path) -> Path:
+    """A report.json path from a report.json, a report folder, or a run folder (run/report/report.json).
+
+    Raises:
+        InputError: When no report.json is there.
+    """
+    candidate = Path(path)
+    for option in (candidate, candidate / REPORT_FILE, candidate / "report" / REPORT_FILE):
+        if option.is_file():
+            return option
+    raise InputError(
+        f"no report.json at {candidate}", hint="pass a report.json, a report folder or a run folder"
+    )
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """Read a report.json.
+
+    Raises:
+        InputError: When it is missing, not JSON, or has no variants.
+    """
+    file = resolve_report(path)
+    try:
+        report = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {file}: {exc}") from None
+    if not isinstance(report, dict) or not isinstance(report.get("variants"), list):
+        raise InputError(f"{file} is not an edgekd report (no 'variants' list)")
+    return report
+
+
+def compare_reports(path_a: str | Path, path_b: str | Path) -> Comparison:
+    """Per-model metric changes (models matched by name) and environment differences from A to B."""
+    report_a, report_b = load_report(path_a), load_report(path_b)
+    pairs, only_a, only_b = pair_variants(report_a["variants"], report_b["variants"])
+    metrics = [
+        MetricChange(label_pair, label, _float(read(a)), _float(read(b)), digits, unit)
+        for label_pair, a, b in pairs
+        for label, read, digits, unit in METRICS
+    ]
+    return Comparison(
+        path_a=resolve_report(path_a),
+        path_b=resolve_report(path_b),
+        metrics=metrics,
+        only_in_a=only_a,
+        only_in_b=only_b,
+        environment=environment_changes(report_a, report_b),
+    )
+
+
+def pair_variants(
+    variants_a: list[dict[str, Any]], variants_b: list[dict[str, Any]]
+) -> tuple[list[tuple[str, dict[str, Any], dict[str, Any]]], list[str], list[str]]:
+    """Models matched by name; when the reports share no name but hold as many models, matched by position.
+
+    Returns:
+        ([(label, variant in A, variant in B)], names only in A, names only in B).
+    """
+    by_name_b = {v["name"]: v for v in variants_b}
+    shared = [(v["name"], v, by_name_b[v["name"]]) for v in variants_a if v["name"] in by_name_b]
+    if not shared and len(variants_a) == len(variants_b):
+        # Two `edgekd benchmark` runs of the same chain under other folder names: position is the match.
+        return (
+            [(f"{a['name']} / {b['name']}", a, b) for a, b in zip(variants_a, variants_b, strict=True)],
+            [],
+            [],
+        )
+    names_a = {v["name"] for v in variants_a}
+    return (
+        shared,
+        [v["name"] for v in variants_a if v["name"] not in by_name_b],
+        [v["name"] for v in variants_b if v["name"] not in names_a],
+    )
+
+
+def environment_facts(report: Mapping[str, Any]) -> dict[str, str]:
+    """The settings that shape the numbers, flattened to `key: text` (CPU, flags, libraries, threads, ...)."""
+    env = report.get("environment") or {}
+    cpu = env.get("cpu") or {}
+    bench = report.get("benchmark") or {}
+    facts = {
+        "cpu.model": cpu.get("model"),
+        "cpu.usable_cores": cpu.get("usable_cores"),
+        "cpu.logical_cores": cpu.get("logical_cores"),
+        "cpu.flags": ",".join(sorted(k for k, v in (cpu.get("flags") or {}).items() if v)),
+        "python": env.get("python"),
+        "platform": env.get("platform"),
+        "benchmark.threads": bench.get("threads"),
+        "benchmark.max_length": bench.get("max_length"),
+        "benchmark.batch_size": bench.get("batch_size"),
+        "benchmark.latency_samples": bench.get("latency_samples"),
+        "threads.throughput": (env.get("threads") or {}).get("throughput_threads"),
+    }
+    for name, version in (env.get("versions") or {}).items():
+        facts[f"version.{name}"] = version
+    for name, value in (env.get("thread_env") or {}).items():
+        facts[f"env.{name}"] = value
+    return {key: "–" if value is None else str(value) for key, value in facts.items()}
+
+
+def environment_changes(report_a: Mapping[str, Any], report_b: Mapping[str, Any]) -> list[EnvChange]:
+    """The environment facts whose values differ (a fact missing on one side shows as '–')."""
+    facts_a, facts_b = environment_facts(report_a), environment_facts(report_b)
+    keys = [*facts_a, *(k for k in facts_b if k not in facts_a)]
+    return [
+        EnvChange(key, facts_a.get(key, "–"), facts_b.get(key, "–"))
+        for key in keys
+        if facts_a.get(key, "–") != facts_b.get(key, "–")
+    ]
+
+
+def print_comparison(comparison: Comparison, console: Console) -> None:
+    """Two rich tables: per-model metrics A → B, then the environment differences."""
+    console.print(f"A: {comparison.path_a}\nB: {comparison.path_b}", highlight=False, soft_wrap=True)
+    table = Table(title="per model: A → B")
+    for column in ("variant", "metric", "A", "B", "Δ", "Δ %"):
+        table.add_column(column, justify="left" if column in ("variant", "metric") else "right")
+    previous = None
+    for change in comparison.metrics:
+        table.add_row(
+            change.variant if change.variant != previous else "",
+            change.metric,
+            _fmt(change.a, change.digits, change.unit),
+            _fmt(change.b, change.digits, change.unit),
+            _fmt(change.delta, change.digits, change.unit, signed=True),
+            f"{change.relative * 100:+.1f}%" if change.relative is not None else "–",
+        )
+        previous = change.variant
+    console.print(table)
+    for side, names in (("A", comparison.only_in_a), ("B", comparison.only_in_b)):
+        if names:
+            console.print(f"only in {side}: {', '.join(names)}")
+    if not comparison.environment:
+        console.print("environment: no differences")
+        return
+    env_table = Table(title="environment differences")
+    for column in ("setting", "A", "B"):
+        env_table.add_column(column)
+    for env_change in comparison.environment:
+        env_table.add_row(env_change.key, env_change.a, env_change.b)
+    console.print(env_table)
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _fmt(value: float | None, digits: int, unit: str, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    return (f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}") + unit

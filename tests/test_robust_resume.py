@@ -1,0 +1,189 @@
+"""Interrupted runs: a real `edgekd compress` killed with SIGKILL resumes where it stopped.
+
+One run folder, three processes of the same command:
+
+1. killed while the teacher is fine-tuning, once it has saved a checkpoint;
+2. resumes the teacher from that checkpoint, finishes it, and is killed while distilling (after a checkpoint);
+3. skips the finished teacher, resumes distillation from its checkpoint and completes the chain.
+
+Stage-runner corner cases (a run killed during the final rename, a half-written checkpoint) are tested on
+small fake stages and folders, without training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgekd.recipe import load_recipe
+from edgekd.stage import StageContext, StageResult, run_stage
+from edgekd.training import is_complete_checkpoint, last_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = REPO / "recipes" / "smoke.yaml"
+# Short, with several checkpoints per stage: on 160 train rows (5 steps per epoch) the teacher evaluates and
+# saves every 2 steps, distillation once per epoch (every 5 steps); so each stage can be killed after its first
+# checkpoint while it still has steps to go.
+SETTINGS = [
+    "data.limits.train=160",
+    "data.limits.validation=32",
+    "data.limits.test=40",
+    "teacher.finetune.max_steps=6",
+    "distill.epochs=40",
+    "distill.max_steps=15",
+    "benchmark.latency_samples=5",
+    "benchmark.warmup=1",
+]
+POLL_TIMEOUT_S = 300
+
+
+def compress_command(run_dir: Path) -> list[str]:
+    command = [sys.executable, "-m", "edgekd.cli", "compress", str(SMOKE), "--output-dir", str(run_dir)]
+    for setting in SETTINGS:
+        command += ["--set", setting]
+    return command
+
+
+def start(run_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with log.open("wb") as out:  # a file, not a pipe: a full pipe would stall the child
+        return subprocess.Popen(
+            compress_command(run_dir),
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def kill_after_checkpoint(process: subprocess.Popen[bytes], checkpoints: Path) -> Path:
+    """SIGKILL the process group as soon as `checkpoints` holds a complete Trainer checkpoint."""
+    pattern = f"{checkpoints.name}/checkpoint-*"
+    deadline = time.monotonic() + POLL_TIMEOUT_S
+    while time.monotonic() < deadline:
+        found = [path for path in sorted(checkpoints.glob("checkpoint-*")) if is_complete_checkpoint(path)]
+        if found:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+            return found[0]
+        if process.poll() is not None:
+            pytest.fail(f"the run ended (exit {process.returncode}) before {pattern} appeared")
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    pytest.fail(f"no {pattern} within {POLL_TIMEOUT_S}s")
+
+
+def test_killed_runs_resume_from_their_checkpoints(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+
+    first = start(run_dir, tmp_path / "1.log")
+    kill_after_checkpoint(first, run_dir / ".teacher.partial" / "checkpoints")
+    assert first.returncode == -signal.SIGKILL
+    assert not (run_dir / "teacher" / "stage.json").exists(), "a killed stage must not look finished"
+
+    second = start(run_dir, tmp_path / "2.log")
+    kill_after_checkpoint(second, run_dir / ".distill.partial" / "checkpoints")
+    log2 = (tmp_path / "2.log").read_text(errors="replace")
+    assert "resuming training from checkpoint-" in log2, log2[-3000:]
+    assert json.loads((run_dir / "teacher" / "stage.json").read_text())["metrics"]["finetuned"]
+    assert not (run_dir / "distill" / "stage.json").exists()
+
+    third = subprocess.run(compress_command(run_dir), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "[teacher] cached, skipped" in third.stderr
+    assert "resuming training from checkpoint-" in third.stderr
+    assert (run_dir / "report" / "report.json").is_file()
+    assert not list(run_dir.glob(".*.partial")), "partial folders must be gone after a finished run"
+    distill = json.loads((run_dir / "distill" / "stage.json").read_text())
+    assert distill["metrics"]["epochs_run"] == pytest.approx(3.0)  # 15 steps of 5: the whole run, no more
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stage runner corner cases, on a fake stage
+
+
+class CountingStage:
+    """Writes one file; counts how often it really ran."""
+
+    name = "fake"
+    folder = "fake"
+    needs: tuple[str, ...] = ()
+
+    def __init__(self, content: str = "v1") -> None:
+        self.content = content
+        self.runs = 0
+
+    def params(self, recipe: Any) -> dict[str, Any]:
+        return {"content": self.content}
+
+    def run(self, ctx: StageContext, out_dir: Path) -> StageResult:
+        self.runs += 1
+        (out_dir / "artifact.txt").write_text(self.content)
+        return StageResult(metrics={"content": self.content})
+
+
+@pytest.fixture(scope="module")
+def recipe() -> Any:
+    return load_recipe(SMOKE)
+
+
+def test_a_run_killed_during_the_final_rename_is_finished_not_redone(tmp_path: Path, recipe: Any) -> None:
+    stage = CountingStage("v1")
+    key, _, _ = run_stage(stage, recipe, tmp_path, {}, log=lambda _: None)
+    # The state a kill between the two renames of the swap leaves: the finished folder parked at .fake.old,
+    # the new complete folder still at .fake.partial.
+    os.replace(tmp_path / "fake", tmp_path / ".fake.old")
+    os.replace(tmp_path / ".fake.old", tmp_path / ".fake.partial")
+    logs: list[str] = []
+    again, _, skipped = run_stage(stage, recipe, tmp_path, {}, log=logs.append)
+    assert (again, skipped, stage.runs) == (key, True, 1)
+    assert (tmp_path / "fake" / "artifact.txt").read_text() == "v1"
+    assert any("finishing the interrupted run" in line for line in logs)
+    assert not (tmp_path / ".fake.partial").exists()
+
+
+def test_a_parked_previous_folder_is_restored(tmp_path: Path, recipe: Any) -> None:
+    run_stage(CountingStage("v1"), recipe, tmp_path, {}, log=lambda _: None)
+    os.replace(tmp_path / "fake", tmp_path / ".fake.old")  # killed right after parking the old folder
+    stage = CountingStage("v1")
+    _, _, skipped = run_stage(stage, recipe, tmp_path, {}, log=lambda _: None)
+    assert skipped and stage.runs == 0
+    assert not (tmp_path / ".fake.old").exists()
+
+
+def test_a_stale_partial_of_another_key_is_cleared_and_force_starts_over(tmp_path: Path, recipe: Any) -> None:
+    partial = tmp_path / ".fake.partial"
+    partial.mkdir()
+    (partial / ".key").write_text("some-other-key")
+    (partial / "leftover.txt").write_text("x")
+    run_stage(CountingStage("v2"), recipe, tmp_path, {}, log=lambda _: None)
+    assert sorted(p.name for p in (tmp_path / "fake").iterdir()) == ["artifact.txt", "stage.json"]
+    assert "key" not in json.loads((tmp_path / "fake" / "stage.json").read_text())["files"]
+
+
+def test_only_complete_checkpoints_are_resumed_from(tmp_path: Path) -> None:
+    def checkpoint(step: int, files: tuple[str, ...]) -> Path:
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        for name in files:
+            (folder / name).write_text("{}")
+        return folder
+
+    complete = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+    checkpoint(5, complete)
+    good = checkpoint(10, complete)
+    half = checkpoint(15, ("model.safetensors",))  # killed while saving
+    torn = checkpoint(20, complete)
+    (torn / "trainer_state.json").write_text('{"global_st')  # killed while writing the state
+    assert last_checkpoint(tmp_path) == str(good)
+    assert not half.exists() and not torn.exists(), "incomplete checkpoints are removed"
+    assert last_checkpoint(tmp_path / "missing") is None
