@@ -26,7 +26,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # log lines are never broken mid-message
 # Wide enough for the summary table when stdout is a file or a pipe (rich would wrap at 80 columns).
 out = Console(width=None if sys.stdout.isatty() else 140)
 

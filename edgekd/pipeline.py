@@ -13,7 +13,7 @@ import fcntl
 import json
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -114,19 +114,28 @@ def compress(
         RecipeError, DataError, InputError: bad recipe or input, found before any training.
         StageError: a stage failed.
     """
+    from edgekd.distributed import init_distributed, is_main_process
+    from edgekd.stages.distill import preflight as preflight_distill
+
+    init_distributed()  # under torchrun: join the process group before the first barrier
+    if not is_main_process():
+        log = _quiet  # one process reports progress
     recipe = load_recipe(recipe_path, overrides)
     check_model_folders(recipe)
     splits = load_splits(recipe.data, recipe.seed)  # fail on bad data before any training
+    preflight_distill(recipe, splits)  # unlabelled text, layer maps, widths, tokenizers
     log(f"data: {splits.counts()} rows, {len(splits.labels)} classes")
     for warning in splits.warnings:
         log(f"warning: {warning}")
     run_dir = run_dir_for(recipe, output_dir)
     with writing_in(run_dir, "creating the run folder"):
         run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir):
+    # Under torchrun rank 0 holds the lock for all processes of this run (they would lock each other out).
+    with run_lock(run_dir) if is_main_process() else nullcontext():
         with writing_in(run_dir, "writing recipe.resolved.yaml and env.json"):
-            (run_dir / "recipe.resolved.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
-            write_json(run_dir / "env.json", _environment())
+            if is_main_process():
+                (run_dir / "recipe.resolved.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
+                write_json(run_dir / "env.json", _environment())
         keys: dict[str, str] = {}
         for stage in stages(recipe):
             inputs = {name: keys[name] for name in stage.needs}
@@ -141,6 +150,10 @@ def compress(
             raise StageError(f"the benchmark stage left no readable report: {exc}") from None
     report["run_dir"] = str(run_dir)
     return report
+
+
+def _quiet(message: str) -> None:
+    """The log of processes other than rank 0."""
 
 
 def check_model_folders(recipe: Recipe) -> None:

@@ -61,10 +61,16 @@ def make_pruning_callback(trial: optuna.Trial) -> Any:
     optuna = _optuna()
 
     class PruningCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.reported: set[int] = set()
+
         def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             metrics: dict[str, float] = kwargs["metrics"]
             # One evaluation per epoch: the epoch number is the step the pruner compares trials at.
             step = max(1, round(state.epoch or 0))
+            if step in self.reported:
+                return  # the closing evaluation after training repeats the last epoch's
+            self.reported.add(step)
             trial.report(metrics["eval_accuracy"], step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"accuracy {metrics['eval_accuracy']:.4f} after epoch {step}")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edgekd import __version__
+from edgekd.distributed import barrier, is_main_process, main_process_first
 from edgekd.errors import EdgekdError, StageError, resource_error
 from edgekd.recipe import Recipe
 
@@ -108,11 +109,15 @@ def run_stage(
     final = run_dir / stage.folder
     tmp = run_dir / f".{stage.folder}.partial"
     try:
-        finish_interrupted_swap(tmp, final, key, log)
-        done = read_stage_json(final)
-        if done and done.get("key") == key and not force:
-            return key, done, True
-        prepare_partial_folder(tmp, key, log, resume=not force)  # --force means from scratch
+        # Under torchrun only rank 0 touches the run folder; the others wait and then read what it decided.
+        with main_process_first():
+            if is_main_process():
+                finish_interrupted_swap(tmp, final, key, log)
+            done = read_stage_json(final)
+            if done and done.get("key") == key and not force:
+                return key, done, True
+            if is_main_process():
+                prepare_partial_folder(tmp, key, log, resume=not force)  # --force means from scratch
     except OSError as exc:
         raise _write_failure(exc, stage, run_dir, final) from None
 
@@ -121,8 +126,10 @@ def run_stage(
     t0 = time.perf_counter()
     # On failure the partial folder stays (marked with its key) so a re-run can resume from checkpoints;
     # it never looks finished because it is not at its final name.
+    # Stages that are not multi-process aware (export, quantize, benchmark) run on rank 0 alone.
+    runs_here = is_main_process() or getattr(stage, "distributed", False)
     try:
-        result = stage.run(ctx, tmp)
+        result = stage.run(ctx, tmp) if runs_here else StageResult()
     except EdgekdError:
         shutil.rmtree(tmp, ignore_errors=True)  # bad input or a failed check: nothing worth resuming
         raise
@@ -132,6 +139,9 @@ def run_stage(
             raise
         shutil.rmtree(tmp, ignore_errors=True)  # half-written files only take the space the user must free
         raise problem from None
+    if not is_main_process():
+        barrier()  # rank 0 writes stage.json and renames the folder; then read its record
+        return key, read_stage_json(final) or {"key": key, "wall_time_s": 0.0, "metrics": {}}, False
     record = {
         "stage": stage.name,
         "key": key,
@@ -154,6 +164,7 @@ def run_stage(
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _write_failure(exc, stage, run_dir, final) from None
+    barrier()
     return key, record, False
 
 

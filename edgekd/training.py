@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,6 +99,9 @@ def training_arguments(
         length_column_name="length",
         bf16=precision == "bf16",
         use_cpu=not _has_cuda(),
+        # Multi-process CPU runs (torchrun) use gloo; GPUs get NCCL from the Trainer. Single-process runs must
+        # not name a backend: accelerate would then expect a process group.
+        ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_cuda() else None,
         seed=seed,
         data_seed=seed,
         report_to=[],

@@ -34,6 +34,7 @@ from edgekd.intermediate import (
     intermediate_losses,
     make_student_module,
     plan_intermediate,
+    preflight_intermediate,
     prepare_for_attention_transfer,
     shape_of,
     teacher_ids_for_student_tokens,
@@ -82,11 +83,11 @@ class DistillStage:
     def run(self, ctx: StageContext, out_dir: Path) -> StageResult:
         recipe = ctx.recipe
         spec = recipe.distill
+        splits = load_splits(recipe.data, recipe.seed)
         if spec.search.n_trials and is_distributed():
             raise InputError(
                 "distill.search runs in a single process", hint="run the search without torchrun"
             )
-        splits = load_splits(recipe.data, recipe.seed)
         unlabeled = load_unlabeled_texts(spec.unlabeled, recipe.seed)
         teacher_dir = ctx.inputs["teacher"] / "model"
         precision = choose_precision(spec.precision)
@@ -114,6 +115,15 @@ class DistillStage:
             tokenizer.save_pretrained(out_dir / "model")
         metrics = {**trained.metrics, "params": sum(p.numel() for p in trained.model.parameters())}
         return StageResult(metrics=metrics)
+
+
+def preflight(recipe: Recipe, splits: Splits) -> None:
+    """What can be refused before any training: search under torchrun, the unlabelled text, the student's
+    layers and the intermediate losses (layer maps, widths, tokenization). One InputError/DataError line."""
+    if recipe.distill.search.n_trials and is_distributed():
+        raise InputError("distill.search runs in a single process", hint="run the search without torchrun")
+    unlabeled = load_unlabeled_texts(recipe.distill.unlabeled, recipe.seed)
+    preflight_intermediate(recipe, splits, unlabeled)
 
 
 # ----------------------------------------------------------------------------------------------------------

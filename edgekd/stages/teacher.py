@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.data import Splits, load_splits
+from edgekd.distributed import barrier, is_main_process, world_size
 from edgekd.errors import DataError
 from edgekd.models import build_from_config, load_classifier, model_labels, resolve_tokenizer
 from edgekd.recipe import Recipe
@@ -32,6 +33,7 @@ class TeacherStage:
     name = "teacher"
     folder = "teacher"
     needs: tuple[str, ...] = ()
+    distributed = True  # every torchrun process fine-tunes (DDP); rank 0 writes
 
     def params(self, recipe: Recipe) -> dict[str, Any]:
         return {
@@ -67,8 +69,9 @@ class TeacherStage:
                     trust_remote_code=spec.trust_remote_code,
                 )
             model, metrics = finetune(model, tokenizer, splits, recipe, out_dir, ctx)
-        model.save_pretrained(out_dir / "model", safe_serialization=True)
-        tokenizer.save_pretrained(out_dir / "model")
+        if is_main_process():
+            model.save_pretrained(out_dir / "model", safe_serialization=True)
+            tokenizer.save_pretrained(out_dir / "model")
         metrics["params"] = sum(p.numel() for p in model.parameters())
         return StageResult(metrics=metrics)
 
@@ -137,8 +140,10 @@ def finetune(
     output = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
     final = trainer.evaluate()
-    save_log_history(trainer.state.log_history, out_dir / "log_history.json")
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    barrier()  # every rank has loaded the best checkpoint before rank 0 deletes them
+    if is_main_process():
+        save_log_history(trainer.state.log_history, out_dir / "log_history.json")
+        shutil.rmtree(checkpoints, ignore_errors=True)
     model = trainer.model.eval()
     return model, {
         "finetuned": True,
@@ -152,4 +157,5 @@ def finetune(
         "best_checkpoint": trainer.state.best_model_checkpoint
         and Path(trainer.state.best_model_checkpoint).name,
         "epochs_run": round(trainer.state.epoch or 0.0, 3),
+        "world_size": world_size(),
     }
