@@ -29,11 +29,13 @@ def stages(recipe: Recipe | None = None) -> list[Stage]:
     """The chain, in order. Imported here so `import edgekd` stays light.
 
     With `prune_vocab.enabled`, the vocabulary-pruning stage sits between distill and export and export reads
-    its model; otherwise the chain (and every cache key) is exactly as without the stage.
+    its model; otherwise the chain (and every cache key) is exactly as without the stage. With
+    `benchmark.optimum_baseline`, the Optimum baseline stage runs before the benchmark, which measures it too.
     """
     from edgekd.stages.benchmark import BenchmarkStage
     from edgekd.stages.distill import DistillStage
     from edgekd.stages.export import ExportStage
+    from edgekd.stages.optimum_baseline import OptimumBaselineStage
     from edgekd.stages.prune_vocab import PruneVocabStage
     from edgekd.stages.quantize import QuantizeStage
     from edgekd.stages.teacher import TeacherStage
@@ -42,7 +44,11 @@ def stages(recipe: Recipe | None = None) -> list[Stage]:
         student: list[Stage] = [DistillStage(), PruneVocabStage(), ExportStage(source="prune_vocab")]
     else:
         student = [DistillStage(), ExportStage()]
-    return [TeacherStage(), *student, QuantizeStage(), BenchmarkStage()]
+    baseline = recipe is not None and recipe.benchmark.optimum_baseline
+    measured: list[Stage] = (
+        [OptimumBaselineStage(), BenchmarkStage(baseline=True)] if baseline else [BenchmarkStage()]
+    )
+    return [TeacherStage(), *student, QuantizeStage(), *measured]
 
 
 def run_dir_for(recipe: Recipe, output_dir: str | Path | None) -> Path:

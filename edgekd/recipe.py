@@ -298,6 +298,12 @@ class BenchmarkSpec(Strict):
     warmup: int = Field(20, ge=0)
     batch_size: int = Field(32, ge=1)
     """Batch size for the accuracy pass (not for latency, which is batch 1)."""
+    out_of_scope_label: str | None = None
+    """The class meaning "none of the others" (CLINC150's `oos`): the report adds in-scope accuracy and
+    out-of-scope recall for it."""
+    optimum_baseline: bool = False
+    """Also measure the distilled student as Optimum's defaults ship it (optimum export + ORTQuantizer
+    avx512_vnni dynamic preset), as the variant `optimum-int8`."""
 
 
 class GatesSpec(Strict):
@@ -309,6 +315,8 @@ class GatesSpec(Strict):
     min_speedup_p50: float | None = Field(None, gt=0)
     min_compression: float | None = Field(None, gt=0)
     min_accuracy: float | None = Field(None, ge=0, le=1)
+    beat_optimum_baseline: bool = False
+    """The candidate must be at least as accurate, as fast (p50) and as small as the `optimum-int8` variant."""
 
 
 class Recipe(Strict):
@@ -333,6 +341,12 @@ class Recipe(Strict):
         if set(v) <= {"."}:
             raise ValueError("name cannot be only dots")
         return v
+
+    @model_validator(mode="after")
+    def _baseline_gate_has_baseline(self) -> Recipe:
+        if self.gates.beat_optimum_baseline and not self.benchmark.optimum_baseline:
+            raise ValueError("gates.beat_optimum_baseline needs benchmark.optimum_baseline: true")
+        return self
 
 
 # ----------------------------------------------------------------------------------------------------------

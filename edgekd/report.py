@@ -17,6 +17,8 @@ from edgekd.recipe import GatesSpec
 
 REFERENCE = "teacher"
 CANDIDATE = "student-int8-onnx"
+OPTIMUM_BASELINE = "optimum-int8"
+"""The variant `beat_optimum_baseline` compares the candidate with (see edgekd.stages.optimum_baseline)."""
 MB = 1e6
 # Limits are inclusive. Accuracies are ratios of counts, so a drop of exactly 2 points can come out as
 # 2.0000000000000018; a relative tolerance far below any meaningful difference keeps such a gate passing.
@@ -86,6 +88,14 @@ GATE_RULES: tuple[GateRule, ...] = (
 
 GATES_BY_NAME = {rule.name: rule for rule in GATE_RULES}
 
+# `beat_optimum_baseline`: the candidate against the Optimum baseline variant, not against fixed limits.
+# (name suffix, comparison, unit, description, value of a variant)
+BASELINE_CHECKS: tuple[tuple[str, str, str, str, Callable[[Mapping[str, Any]], float]], ...] = (
+    ("accuracy", ">=", "", "candidate accuracy vs the Optimum baseline's", lambda v: float(v["accuracy"])),
+    ("p50", "<=", "ms", "candidate p50 vs the Optimum baseline's", lambda v: float(v["latency_ms"]["p50"])),
+    ("size", "<=", "MB", "candidate size vs the Optimum baseline's", lambda v: v["size_bytes"] / MB),
+)
+
 
 def evaluate_gates(
     variants: Sequence[Mapping[str, Any]],
@@ -110,6 +120,7 @@ def evaluate_gates(
         ValueError: When a named variant is missing, or `gates_spec` names an unknown gate.
     """
     limits = gates_spec.model_dump() if isinstance(gates_spec, GatesSpec) else dict(gates_spec)
+    beat_baseline = bool(limits.pop("beat_optimum_baseline", False))
     unknown = set(limits) - set(GATES_BY_NAME)
     if unknown:
         raise ValueError(f"unknown gate(s): {', '.join(sorted(unknown))}")
@@ -137,6 +148,35 @@ def evaluate_gates(
                 "candidate": candidate,
                 "reference": reference,
                 "description": rule.description,
+            }
+        )
+    if beat_baseline:
+        if OPTIMUM_BASELINE not in by_name:
+            raise ValueError(f"beat_optimum_baseline needs a variant named {OPTIMUM_BASELINE}")
+        results.extend(baseline_gates(by_name[OPTIMUM_BASELINE], cand, candidate))
+    return results
+
+
+def baseline_gates(
+    baseline: Mapping[str, Any], cand: Mapping[str, Any], candidate: str
+) -> list[dict[str, Any]]:
+    """The `beat_optimum_baseline` gate as three results: accuracy, p50 and size against the baseline's."""
+    results = []
+    for suffix, comparison, unit, description, value_of in BASELINE_CHECKS:
+        limit, value = value_of(baseline), value_of(cand)
+        slack = GATE_TOLERANCE * max(1.0, abs(limit))
+        passed = value >= limit - slack if comparison == ">=" else value <= limit + slack
+        results.append(
+            {
+                "name": f"beat_optimum_baseline.{suffix}",
+                "limit": limit,
+                "value": value,
+                "passed": bool(passed),
+                "comparison": comparison,
+                "unit": unit,
+                "candidate": candidate,
+                "reference": OPTIMUM_BASELINE,
+                "description": description,
             }
         )
     return results
@@ -172,6 +212,7 @@ def write_report_md(report: Mapping[str, Any], path: str | Path) -> None:
         _setup_section(report),
         _variants_section(report),
         _gates_section(report),
+        _out_of_scope_section(report),
         _sequence_length_section(report),
         _throughput_section(report),
         _per_class_section(report),
@@ -340,6 +381,23 @@ def _throughput_section(report: Mapping[str, Any]) -> str:
     ]
     note = "Tokenization included, test texts in arrival order (padded to the longest of each batch)."
     return "## Throughput\n\n" + note + "\n\n" + _table(header, rows)
+
+
+def _out_of_scope_section(report: Mapping[str, Any]) -> str:
+    variants = [v for v in report.get("variants", []) if "out_of_scope_recall" in v]
+    if not variants:
+        return ""
+    rows = [
+        [f"`{v['name']}`", _num(v.get("in_scope_accuracy"), 4), _num(v.get("out_of_scope_recall"), 4)]
+        for v in variants
+    ]
+    note = "In-scope accuracy: test rows of every other class. Out-of-scope recall: out-of-scope rows caught."
+    return (
+        "## Out of scope\n\n"
+        + note
+        + "\n\n"
+        + _table(["variant", "in-scope accuracy", "out-of-scope recall"], rows)
+    )
 
 
 def _per_class_section(report: Mapping[str, Any]) -> str:

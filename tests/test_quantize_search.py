@@ -218,7 +218,7 @@ def test_fused_graph_quantizes_attention_and_auto_records_both_timings(broken, t
     [
         ({"avx2": True, "avx512_vnni": True}, "qint8"),
         ({"avx2": True, "avx_vnni": True}, "qint8"),
-        ({"avx2": True}, "quint8"),  # u8s8 saturates in int16 without VNNI
+        ({"avx2": True}, "qint8"),  # faster than u8u8, and measured as accurate on a real student
         ({"neon": True, "asimd": True}, "qint8"),
     ],
 )

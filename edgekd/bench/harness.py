@@ -40,7 +40,7 @@ from edgekd.bench.stats import (
 )
 from edgekd.bench.worker import WorkerProcess, thread_env
 from edgekd.envinfo import environment, load_average, usable_cores
-from edgekd.errors import InputError
+from edgekd.errors import DataError, InputError
 from edgekd.recipe import DataSpec, GatesSpec
 from edgekd.report import evaluate_gates, write_report_md
 from edgekd.size import folder_size, onnx_model_path, param_count
@@ -79,6 +79,7 @@ class HarnessSettings:
         seq_samples: Timed requests per model and sequence length.
         throughput_batch_sizes: Batch sizes of the throughput measurement.
         throughput_threads: Threads for throughput (None: every core this process may use).
+        out_of_scope_label: The "none of the others" class, scored apart (in-scope accuracy, OOS recall).
     """
 
     threads: int = 1
@@ -92,6 +93,7 @@ class HarnessSettings:
     seq_samples: int = 30
     throughput_batch_sizes: tuple[int, ...] = (8, 32)
     throughput_threads: int | None = None
+    out_of_scope_label: str | None = None
 
 
 @dataclass
@@ -178,6 +180,7 @@ def benchmark_folders(
 
     splits = load_splits(data, settings.seed)
     texts, gold = splits.texts("test"), splits.label_ids("test")
+    oos = check_out_of_scope_label(settings.out_of_scope_label, splits.labels)
     for model in models:
         check_model_folder(model.folder, model.format)
         check_labels(declared_labels(model.folder), splits.labels, model.name)
@@ -192,7 +195,7 @@ def benchmark_folders(
     env["threads"] = thread_settings(settings, measured)
     warnings += busy_after_warnings(env)
 
-    variants = variant_records(models, measured, gold, splits.labels, relative_to)
+    variants = variant_records(models, measured, gold, splits.labels, relative_to, oos)
     for record in variants:
         log(
             f"  {record['name']}: accuracy {record['accuracy']:.4f}, "
@@ -629,8 +632,13 @@ def variant_records(
     gold: list[int],
     labels: list[str],
     relative_to: Path | None,
+    out_of_scope: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The report's variant list, in the given order, with the comparisons against the first one."""
+    """The report's variant list, in the given order, with the comparisons against the first one.
+
+    With `out_of_scope` (the id of a "none of the others" class), each record also gets in-scope accuracy
+    and out-of-scope recall.
+    """
     predictions = {
         m.name: map_predictions(
             measured[m.name].ready["labels"], measured[m.name].predictions, labels, m.name
@@ -641,6 +649,8 @@ def variant_records(
     for model in models:
         record = variant_record(model, measured[model.name], predictions[model.name], gold, labels)
         record["folder"] = _shown_path(model.folder, relative_to)
+        if out_of_scope is not None:
+            record.update(out_of_scope_scores(gold, predictions[model.name], out_of_scope))
         records.append(record)
     add_reference_comparisons(records, predictions, gold)
     return records
@@ -686,6 +696,35 @@ def variant_record(
         "max_positions": result.ready.get("max_positions"),
         "torch_imported": result.ready.get("torch_imported"),
         "raw": f"raw/{model.name}.json",
+    }
+
+
+def check_out_of_scope_label(label: str | None, labels: Sequence[str]) -> int | None:
+    """The id of data.out_of_scope_label, or None when unset.
+
+    Raises:
+        DataError: the label is not one of the dataset's classes.
+    """
+    if label is None:
+        return None
+    if label not in labels:
+        raise DataError(
+            f"benchmark.out_of_scope_label {label!r} is not one of the dataset's {len(labels)} classes",
+            hint="set it to the class that means 'none of the others' (e.g. oos), or remove it",
+        )
+    return list(labels).index(label)
+
+
+def out_of_scope_scores(gold: Sequence[int], predicted: np.ndarray, oos: int) -> dict[str, float | None]:
+    """In-scope accuracy (rows whose true class is not `oos`) and out-of-scope recall (rows whose true class
+    is `oos`, predicted as `oos`); None where the test split has no such row."""
+    gold_arr = np.asarray(gold, dtype=np.int64)
+    in_scope, out_scope = gold_arr != oos, gold_arr == oos
+    return {
+        "in_scope_accuracy": float((predicted[in_scope] == gold_arr[in_scope]).mean())
+        if in_scope.any()
+        else None,
+        "out_of_scope_recall": float((predicted[out_scope] == oos).mean()) if out_scope.any() else None,
     }
 
 

@@ -24,7 +24,7 @@ from edgekd.bench.harness import (
 )
 from edgekd.errors import InputError
 from edgekd.recipe import Recipe
-from edgekd.report import CANDIDATE, REFERENCE
+from edgekd.report import CANDIDATE, OPTIMUM_BASELINE, REFERENCE
 from edgekd.stage import StageContext, StageResult, fingerprint_path
 
 __all__ = ["VARIANTS", "BenchmarkStage", "Variant", "check_threads", "latency_sample_indices"]
@@ -50,6 +50,8 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("student", "pytorch", "distill", "model"),
     Variant(CANDIDATE, "onnx", "quantize", ""),
 )
+# Measured too with `benchmark.optimum_baseline`: the same student as Optimum's defaults would ship it.
+BASELINE_VARIANT = Variant(OPTIMUM_BASELINE, "onnx", "optimum_baseline", "")
 # Stages whose Trainer log_history.json is plotted in report.html.
 TRAINING_STAGES = ("teacher", "distill")
 
@@ -57,7 +59,11 @@ TRAINING_STAGES = ("teacher", "distill")
 class BenchmarkStage:
     name = "benchmark"
     folder = "report"
-    needs: tuple[str, ...] = ("teacher", "distill", "quantize")
+
+    def __init__(self, baseline: bool = False) -> None:
+        """Args: baseline: also measure the Optimum baseline stage's model (`benchmark.optimum_baseline`)."""
+        self.variants = (*VARIANTS, BASELINE_VARIANT) if baseline else VARIANTS
+        self.needs: tuple[str, ...] = tuple(dict.fromkeys(v.stage for v in self.variants))
 
     def params(self, recipe: Recipe) -> dict[str, Any]:
         return {
@@ -70,7 +76,7 @@ class BenchmarkStage:
 
     def run(self, ctx: StageContext, out_dir: Path) -> StageResult:
         recipe = ctx.recipe
-        models = [ModelSpec(v.name, v.folder(ctx.inputs), v.format) for v in VARIANTS]
+        models = [ModelSpec(v.name, v.folder(ctx.inputs), v.format) for v in self.variants]
         for model in models:
             _require_stage_output(model)
         report = benchmark_folders(
@@ -102,6 +108,7 @@ def settings_from_recipe(recipe: Recipe) -> HarnessSettings:
         batch_size=spec.batch_size,
         max_length=recipe.data.max_length,
         seed=recipe.seed,
+        out_of_scope_label=spec.out_of_scope_label,
     )
 
 
