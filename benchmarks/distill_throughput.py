@@ -2,9 +2,12 @@
 
     .venv/bin/python benchmarks/distill_throughput.py                # real assets when present, else tiny models
     .venv/bin/python benchmarks/distill_throughput.py --tiny --rows 400
+    .venv/bin/python benchmarks/distill_throughput.py --teacher runs/ag_news/teacher/model \
+        --student models/minilm-l6 --out benchmarks/results/distill_throughput_mpnet.json
 
-Both sides train the same student (the teacher's layers 1, 3, 5; layer 1 for the tiny fallback) from the same
-fine-tuned teacher on the same rows, for the same epochs, batch size, learning-rate schedule and loss, fp32,
+Both sides train the same student (the teacher's layers 1, 3, 5, layer 1 for the tiny fallback, or with
+--student a pretrained checkpoint with its own tokenizer, as MPNet-base -> MiniLM-L6 in the AG News recipe) from
+the same fine-tuned teacher on the same rows, for the same epochs, batch size, learning-rate schedule and loss, fp32,
 and both evaluate on the validation rows after every epoch:
 
 * edgekd: the distill stage as `edgekd compress` runs it, starting with an empty cache: one batched teacher
@@ -48,6 +51,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=None, help="default 2e-4 (real) / 3e-3 (tiny)")
     parser.add_argument("--tiny", action="store_true", help="tiny random models on the toy data")
+    parser.add_argument(
+        "--teacher",
+        type=Path,
+        default=None,
+        help="a fine-tuned classifier folder (default: the quickstart's)",
+    )
+    parser.add_argument(
+        "--student", type=Path, default=None, help="a pretrained student folder (default: teacher layers)"
+    )
     parser.add_argument("--out", type=Path, default=RESULT)
     return parser.parse_args(argv)
 
@@ -55,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def recipe_text(args: argparse.Namespace, real: bool) -> str:
     """A recipe for the edgekd side (the naive side reads the same splits and teacher)."""
     if real:
-        teacher = REAL_TEACHER if REAL_TEACHER.is_dir() else MINILM
+        teacher = args.teacher or (REAL_TEACHER if REAL_TEACHER.is_dir() else MINILM)
         data, layers, lr, max_length = AG_NEWS, [1, 3, 5], args.learning_rate or 2e-4, args.max_length or 64
         teacher_yaml = f"teacher: {{model: {teacher}, finetune: {{epochs: 1, learning_rate: 0.0001}}}}"
     else:
@@ -70,6 +82,11 @@ def recipe_text(args: argparse.Namespace, real: bool) -> str:
             "teacher:\n  config: {model_type: bert, num_hidden_layers: 2, hidden_size: 64, num_attention_heads: 4,"
             " intermediate_size: 128}\n  tokenizer: {vocab_size: 300}\n  finetune: {epochs: 4, learning_rate: 0.003}"
         )
+    student_yaml = (
+        f"student: {{init: pretrained, model: {args.student.resolve()}}}"
+        if args.student
+        else f"student: {{init: layers, layers: {layers}}}"
+    )
     return f"""
 name: distill-throughput
 seed: 42
@@ -78,7 +95,7 @@ data:
   max_length: {max_length}
   limits: {{train: {args.rows}, validation: {args.validation_rows}, test: 50}}
 {teacher_yaml}
-student: {{init: layers, layers: {layers}}}
+{student_yaml}
 distill:
   epochs: {args.epochs}
   batch_size: {args.batch_size}
@@ -114,22 +131,34 @@ def run_naive(recipe: Any, teacher_dir: Path) -> tuple[float, float]:
     t0 = time.perf_counter()
     splits = load_splits(recipe.data, recipe.seed)
     seed_everything(spec.seed)
-    tokenizer = load_tokenizer(str(teacher_dir))
+    teacher_tokenizer = load_tokenizer(str(teacher_dir))
     teacher = load_classifier(str(teacher_dir)).eval()
-    student = keep_layers(
-        load_classifier(str(teacher_dir), labels=splits.labels), recipe.student.layers or []
-    )
+    if recipe.student.init == "pretrained":  # its own checkpoint and tokenizer, as the seed's student
+        student_dir = str(recipe.student.model)
+        student_tokenizer = load_tokenizer(student_dir)
+        student = load_classifier(student_dir, labels=splits.labels)
+    else:
+        student_tokenizer = teacher_tokenizer
+        student = keep_layers(
+            load_classifier(str(teacher_dir), labels=splits.labels), recipe.student.layers or []
+        )
+
+    def tokenize(tokenizer: Any, texts: list[str]) -> Any:
+        return tokenizer(
+            texts, truncation=True, padding="max_length", max_length=max_length, return_tensors="pt"
+        )
 
     def encode(split: str) -> Any:
-        enc = tokenizer(
-            splits.texts(split),
-            truncation=True,
-            padding="max_length",
-            max_length=max_length,
-            return_tensors="pt",
-        )
+        """Student ids/mask, teacher ids/mask (the same tensors when the tokenizer is shared), labels."""
+        texts = splits.texts(split)
+        s_enc = tokenize(student_tokenizer, texts)
+        t_enc = s_enc if student_tokenizer is teacher_tokenizer else tokenize(teacher_tokenizer, texts)
         return torch.utils.data.TensorDataset(
-            enc["input_ids"], enc["attention_mask"], torch.tensor(splits.label_ids(split))
+            s_enc["input_ids"],
+            s_enc["attention_mask"],
+            t_enc["input_ids"],
+            t_enc["attention_mask"],
+            torch.tensor(splits.label_ids(split)),
         )
 
     train, validation = encode("train"), encode("validation")
@@ -141,9 +170,9 @@ def run_naive(recipe: Any, teacher_dir: Path) -> tuple[float, float]:
     accuracy = 0.0
     for _ in range(int(spec.epochs)):
         student.train()
-        for input_ids, mask, labels in loader:
+        for input_ids, mask, teacher_ids, teacher_mask, labels in loader:
             with torch.no_grad():
-                teacher_logits = teacher(input_ids=input_ids, attention_mask=mask).logits
+                teacher_logits = teacher(input_ids=teacher_ids, attention_mask=teacher_mask).logits
             logits = student(input_ids=input_ids, attention_mask=mask).logits
             loss = distillation_loss(logits, teacher_logits, labels, spec.alpha, spec.temperature).total
             loss.backward()
@@ -161,7 +190,7 @@ def evaluate(model: Any, dataset: Any) -> float:
     model.eval()
     correct = 0
     with torch.inference_mode():
-        for input_ids, mask, labels in torch.utils.data.DataLoader(dataset, batch_size=64):
+        for input_ids, mask, _, _, labels in torch.utils.data.DataLoader(dataset, batch_size=64):
             correct += int(
                 (model(input_ids=input_ids, attention_mask=mask).logits.argmax(-1) == labels).sum()
             )
@@ -197,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "assets": "real" if real else "tiny",
             "teacher": str(recipe.teacher.model or "tiny bert (config)"),
+            "student": str(recipe.student.model) if recipe.student.init == "pretrained" else None,
             "student_layers": recipe.student.layers,
             "data": recipe.data.path,
             "train_rows": rows,

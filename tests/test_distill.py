@@ -280,3 +280,21 @@ def test_cli_refuses_an_empty_unlabelled_file_with_exit_2_and_writes_nothing(tmp
     assert "Traceback" not in result.stderr
     assert "distill.unlabeled" in result.stderr and "no text rows" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_distill_throughput_benchmark_runs_and_writes_its_result(tmp_path):
+    out = tmp_path / "throughput.json"
+    script = REPO / "benchmarks" / "distill_throughput.py"
+    args = ["--tiny", "--rows", "48", "--validation-rows", "16", "--epochs", "1", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["settings"]["assets"] == "tiny" and result["settings"]["train_rows"] == 48
+    assert result["edgekd_samples_per_s"] > 0 and result["naive_samples_per_s"] > 0
+    assert result["speedup"] == pytest.approx(result["naive_seconds"] / result["edgekd_seconds"], rel=0.05)

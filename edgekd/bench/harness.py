@@ -700,7 +700,7 @@ def variant_record(
 
 
 def check_out_of_scope_label(label: str | None, labels: Sequence[str]) -> int | None:
-    """The id of data.out_of_scope_label, or None when unset.
+    """The id of benchmark.out_of_scope_label, or None when unset.
 
     Raises:
         DataError: the label is not one of the dataset's classes.

@@ -68,7 +68,7 @@ class ExportStage:
             "export": recipe.export.model_dump(mode="json"),
             "data": recipe.data.model_dump(mode="json"),
             "seed": recipe.seed,
-            "exporter": _package_versions("optimum-onnx", "optimum", "torch", "transformers"),
+            "exporter": package_versions("optimum-onnx", "optimum", "torch", "transformers"),
         }
 
     def run(self, ctx: StageContext, out_dir: Path) -> StageResult:
@@ -341,7 +341,7 @@ def build_manifest(recipe: Recipe, source: Path, onnx_path: Path, labels: list[s
             "source": str(source.resolve()),
             "edgekd_version": __version__,
             "opset": opset,
-            "exporter": _package_versions("optimum-onnx", "optimum", "torch", "transformers", "onnx"),
+            "exporter": package_versions("optimum-onnx", "optimum", "torch", "transformers", "onnx"),
         },
     }
 
@@ -361,7 +361,7 @@ def onnx_file_bytes(onnx_path: Path) -> int:
     return total
 
 
-def _package_versions(*names: str) -> dict[str, str | None]:
+def package_versions(*names: str) -> dict[str, str | None]:
     versions: dict[str, str | None] = {}
     for name in names:
         try:

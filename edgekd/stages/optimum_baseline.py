@@ -22,7 +22,7 @@ from typing import Any
 from edgekd.errors import StageError
 from edgekd.recipe import Recipe
 from edgekd.stage import StageContext, StageResult, write_json
-from edgekd.stages.export import MODEL_FILE, _package_versions, export_onnx, onnx_file_bytes
+from edgekd.stages.export import MODEL_FILE, export_onnx, onnx_file_bytes, package_versions
 
 SETTINGS_FILE = "baseline.json"
 # Optimum's documented dynamic-quantization example: AutoQuantizationConfig.avx512_vnni(is_static=False,
@@ -41,7 +41,7 @@ class OptimumBaselineStage:
         return {
             "opset": recipe.export.opset,
             "preset": PRESET,
-            "tools": _package_versions("optimum-onnx", "optimum", "onnxruntime", "torch", "transformers"),
+            "tools": package_versions("optimum-onnx", "optimum", "onnxruntime", "torch", "transformers"),
         }
 
     def run(self, ctx: StageContext, out_dir: Path) -> StageResult:
