@@ -213,6 +213,7 @@ def write_report_md(report: Mapping[str, Any], path: str | Path) -> None:
         _variants_section(report),
         _gates_section(report),
         _out_of_scope_section(report),
+        _stage_times_section(report),
         _sequence_length_section(report),
         _throughput_section(report),
         _per_class_section(report),
@@ -398,6 +399,23 @@ def _out_of_scope_section(report: Mapping[str, Any]) -> str:
         + "\n\n"
         + _table(["variant", "in-scope accuracy", "out-of-scope recall"], rows)
     )
+
+
+def _stage_times_section(report: Mapping[str, Any]) -> str:
+    times = report.get("stage_times") or []
+    if not times:
+        return ""
+    total = sum(t["wall_time_s"] for t in times)
+    rows = [
+        [f"`{t['stage']}`", f"{t['wall_time_s']:.1f}", f"{t['wall_time_s'] / total:.0%}" if total else "–"]
+        for t in times
+    ]
+    rows.append(["**total**", f"{total:.1f} ({total / 60:.1f} min)", "100%"])
+    note = (
+        "Wall time of each stage when it ran (a cached stage keeps the time of the run that made it); "
+        "the benchmark's own time is in `stage.json` next to this report."
+    )
+    return "## Where the time went\n\n" + note + "\n\n" + _table(["stage", "seconds", "share"], rows)
 
 
 def _per_class_section(report: Mapping[str, Any]) -> str:

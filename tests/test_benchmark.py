@@ -688,3 +688,30 @@ def test_report_md_has_an_out_of_scope_section_only_when_measured(tmp_path):
     assert "## Out of scope" not in (tmp_path / "plain.md").read_text()
     text = (tmp_path / "oos.md").read_text()
     assert "## Out of scope" in text and "0.6250" in text
+
+
+def test_stage_times_come_from_each_upstream_stage_json_in_chain_order(tmp_path, toy_data):
+    from edgekd.stages.benchmark import upstream_stage_times
+
+    recipe = _recipe(toy_data)
+    for stage, seconds in (("quantize", 3.0), ("teacher", 10.5), ("export", 1.25)):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "stage.json").write_text(json.dumps({"wall_time_s": seconds}))
+    # distill never finished: it has no stage.json and is left out
+    assert upstream_stage_times(tmp_path, recipe) == [
+        {"stage": "teacher", "wall_time_s": 10.5},
+        {"stage": "export", "wall_time_s": 1.25},
+        {"stage": "quantize", "wall_time_s": 3.0},
+    ]
+
+
+def test_report_md_says_where_the_time_went(tmp_path):
+    report = {
+        "variants": HAND_MADE,
+        "gates": [],
+        "stage_times": [{"stage": "teacher", "wall_time_s": 90.0}, {"stage": "distill", "wall_time_s": 30.0}],
+    }
+    write_report_md(report, tmp_path / "report.md")
+    text = (tmp_path / "report.md").read_text()
+    assert "## Where the time went" in text
+    assert "| `teacher` | 90.0 | 75% |" in text and "120.0 (2.0 min)" in text

@@ -148,6 +148,7 @@ def benchmark_folders(
     candidate: str | None = None,
     training_logs: Mapping[str, Path] | None = None,
     relative_to: Path | None = None,
+    stage_times: Sequence[Mapping[str, Any]] = (),
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Measure every model, compare each with the first, judge the candidate and write the report files.
@@ -162,6 +163,7 @@ def benchmark_folders(
         candidate: Name of the model the gates judge (default: the last one).
         training_logs: Stage name -> Trainer log_history.json, plotted in report.html when the file exists.
         relative_to: Model folders are shown relative to this folder in the report (when inside it).
+        stage_times: For a pipeline run, the wall time of each stage before the benchmark (where the time went).
         log: Where progress lines go.
 
     Returns:
@@ -205,6 +207,8 @@ def benchmark_folders(
     report = build_report(
         title, env, variants, settings, gates, len(texts), warnings, models[0].name, candidate
     )
+    if stage_times:
+        report["stage_times"] = [dict(t) for t in stage_times]
     write_report_files(report, measured, out_dir, training_logs or {})
     for warning in warnings:
         log(f"  warning: {warning}")

@@ -89,6 +89,7 @@ class BenchmarkStage:
             candidate=CANDIDATE,
             training_logs={s: ctx.inputs[s] / "log_history.json" for s in TRAINING_STAGES if s in ctx.inputs},
             relative_to=ctx.run_dir,
+            stage_times=upstream_stage_times(ctx.run_dir, recipe),
             log=ctx.log,
         )
         failed = [g["name"] for g in report["gates"] if not g["passed"]]
@@ -110,6 +111,22 @@ def settings_from_recipe(recipe: Recipe) -> HarnessSettings:
         seed=recipe.seed,
         out_of_scope_label=spec.out_of_scope_label,
     )
+
+
+def upstream_stage_times(run_dir: Path, recipe: Recipe) -> list[dict[str, Any]]:
+    """Wall time of each finished stage before the benchmark, in chain order, from its stage.json (a stage
+    that was cached reports the time of the run that made it). The benchmark's own is in report/stage.json."""
+    from edgekd.pipeline import stages
+    from edgekd.stage import read_stage_json
+
+    times = []
+    for stage in stages(recipe):
+        if stage.name == BenchmarkStage.name:
+            break
+        record = read_stage_json(run_dir / stage.folder)
+        if record and isinstance(record.get("wall_time_s"), int | float):
+            times.append({"stage": stage.name, "wall_time_s": float(record["wall_time_s"])})
+    return times
 
 
 def _require_stage_output(model: ModelSpec) -> None:
