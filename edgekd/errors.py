@@ -93,6 +93,12 @@ class ResourceError(EdgekdError):
     exit_code = 1
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (library errors can run to pages), else its type's name."""
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def resource_error(exc: BaseException, folder: str | Path, doing: str) -> ResourceError | None:
     """A `ResourceError` when `exc` (or an exception it was raised from) means a full disk or a folder that
     cannot be written; None for any other failure.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -384,12 +384,7 @@ def bar_chart(
     sx = _linear(0.0, ticks[-1], left, right)
     band = (bottom - top) / len(items)
     parts = _frame(chart_id, title)
-    for t in ticks:
-        x = sx(t)
-        parts.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{top}' y2='{bottom}' stroke='#eee'/>")
-        parts.append(
-            f"<text x='{x:.1f}' y='{bottom + 16}' text-anchor='middle' font-size='11'>{_tick(t)}</text>"
-        )
+    parts += _x_grid(ticks, sx, top, bottom)
     for i, (name, value) in enumerate(items):
         y = top + i * band + band * 0.2
         height = band * 0.6
@@ -411,6 +406,18 @@ def bar_chart(
     return "".join(parts)
 
 
+def _x_grid(ticks: Sequence[float], sx: Callable[[float], float], top: float, bottom: float) -> list[str]:
+    """Vertical grid lines with their labels under the plot, one per tick."""
+    parts = []
+    for t in ticks:
+        x = sx(t)
+        parts.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{top}' y2='{bottom}' stroke='#eee'/>")
+        parts.append(
+            f"<text x='{x:.1f}' y='{bottom + 16}' text-anchor='middle' font-size='11'>{_tick(t)}</text>"
+        )
+    return parts
+
+
 def box_chart(
     chart_id: str, title: str, boxes: Sequence[tuple[str, Mapping[str, float]]], colors: Mapping[str, str]
 ) -> str:
@@ -422,12 +429,7 @@ def box_chart(
     sx = _linear(0.0, ticks[-1], left, right)
     band = (bottom - top) / len(boxes)
     parts = _frame(chart_id, title)
-    for t in ticks:
-        x = sx(t)
-        parts.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{top}' y2='{bottom}' stroke='#eee'/>")
-        parts.append(
-            f"<text x='{x:.1f}' y='{bottom + 16}' text-anchor='middle' font-size='11'>{_tick(t)}</text>"
-        )
+    parts += _x_grid(ticks, sx, top, bottom)
     for i, (name, stats) in enumerate(boxes):
         mid = top + (i + 0.5) * band
         half = min(14.0, band * 0.3)

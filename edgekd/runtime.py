@@ -35,7 +35,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from edgekd.errors import InputError
+from edgekd.errors import InputError, first_line
 
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -182,7 +182,7 @@ class Classifier:
         try:
             return self.session.run([self.output_name], feed)[0]
         except Exception as exc:  # ONNX Runtime raises its own exception types per failure
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            message = first_line(exc)
             raise InputError(
                 f"ONNX Runtime failed on {self.folder / MODEL_FILE}: {message}",
                 hint="the model and its tokenizer may not belong together; re-export the folder",
@@ -228,7 +228,7 @@ def create_session(onnx_path: Path, threads: int | None, inter_threads: int = 1)
     try:
         return ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ONNX Runtime raises its own exception types per failure
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = first_line(exc)
         raise InputError(f"ONNX Runtime cannot load {onnx_path}: {message}") from None
 
 

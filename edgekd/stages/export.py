@@ -26,7 +26,7 @@ import numpy as np
 
 from edgekd import __version__
 from edgekd.data import load_splits
-from edgekd.errors import InputError, ParityError, StageError
+from edgekd.errors import InputError, ParityError, StageError, first_line
 from edgekd.recipe import Recipe
 from edgekd.size import external_data_files
 from edgekd.stage import StageContext, StageResult, write_json
@@ -154,8 +154,7 @@ def export_onnx(source: Path, out_dir: Path, opset: int) -> None:
                 device="cpu",
             )
         except Exception as exc:  # the exporter raises many types; the message is what matters
-            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise StageError(f"ONNX export of {source} failed: {first_line}") from exc
+            raise StageError(f"ONNX export of {source} failed: {first_line(exc)}") from exc
     if not (out_dir / MODEL_FILE).is_file():
         raise StageError(f"the exporter wrote no {MODEL_FILE} into {out_dir}")
 

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgekd.errors import StageError
+from edgekd.errors import StageError, first_line
 from edgekd.recipe import Recipe
 from edgekd.stage import StageContext, StageResult, write_json
 from edgekd.stages.export import MODEL_FILE, export_onnx, onnx_file_bytes, package_versions
@@ -78,8 +78,7 @@ def quantize_with_optimum(fp32_dir: Path, out_dir: Path) -> Path:
         quantizer = ORTQuantizer.from_pretrained(fp32_dir, file_name=MODEL_FILE)
         written = Path(quantizer.quantize(quantization_config=config, save_dir=out_dir))
     except Exception as exc:  # optimum and onnxruntime raise many types; the message is what matters
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StageError(f"Optimum quantization of {fp32_dir} failed: {first_line}") from exc
+        raise StageError(f"Optimum quantization of {fp32_dir} failed: {first_line(exc)}") from exc
     # quantize() returns the save folder; the model is the one .onnx file in it.
     files = [written] if written.is_file() else sorted(out_dir.glob("*.onnx"))
     if len(files) != 1:

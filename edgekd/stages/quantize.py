@@ -67,7 +67,7 @@ from typing import Any
 import numpy as np
 
 from edgekd.data import load_splits
-from edgekd.errors import InputError, StageError
+from edgekd.errors import InputError, StageError, first_line
 from edgekd.quant_search import (
     OnnxEvaluator,
     SearchResult,
@@ -457,8 +457,7 @@ def quantize_model(
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
     except Exception as exc:  # the quantizer raises many types; the message is what matters
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StageError(f"dynamic quantization of {fp32_path} failed: {first_line}") from exc
+        raise StageError(f"dynamic quantization of {fp32_path} failed: {first_line(exc)}") from exc
 
 
 def quantize_static_model(
@@ -495,8 +494,7 @@ def quantize_static_model(
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True},
             )
     except Exception as exc:  # the quantizer raises many types; the message is what matters
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StageError(f"static quantization of {fp32_path} failed: {first_line}") from exc
+        raise StageError(f"static quantization of {fp32_path} failed: {first_line(exc)}") from exc
 
 
 def calibration_feeds(support_dir: Path, texts: list[str], max_length: int) -> list[dict[str, np.ndarray]]:
