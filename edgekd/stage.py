@@ -67,7 +67,11 @@ def stable_hash(obj: Any) -> str:
 
 
 def fingerprint_path(value: str | None) -> Any:
-    """Cheap identity of a local file or folder (names, sizes, mtimes); a Hub id is its own identity."""
+    """Identity of a local file or folder by content (names, sizes, sha256); a Hub id is its own identity.
+
+    Content, not mtimes: a data root or model folder copied again (a new checkout, a re-synced share) keeps its
+    cache keys, so hours of teacher training are not redone for files that did not change.
+    """
     if not value:
         return None
     path = Path(value)
@@ -75,9 +79,24 @@ def fingerprint_path(value: str | None) -> Any:
         return value
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     return [
-        (str(p.relative_to(path)) if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns)
-        for p in files
+        (str(p.relative_to(path)) if p != path else p.name, p.stat().st_size, file_digest(p)) for p in files
     ]
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file (16 hex digits), computed once per process for an unchanged file (stages ask often)."""
+    stat = path.stat()
+    memo_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if memo_key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[memo_key] = digest.hexdigest()[:16]
+    return _DIGESTS[memo_key]
 
 
 def read_stage_json(folder: Path) -> dict[str, Any] | None:

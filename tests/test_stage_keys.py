@@ -1,0 +1,78 @@
+"""Stage cache keys follow file content: a re-copied data folder (new mtimes) keeps them, a changed byte does not."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgekd.recipe import load_recipe
+from edgekd.stage import StageContext, StageResult, fingerprint_path, run_stage
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class DataReadingStage:
+    """A stage whose output depends on a data folder, as the teacher's does."""
+
+    name = "reader"
+    folder = "reader"
+    needs: tuple[str, ...] = ()
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.runs = 0
+
+    def params(self, recipe: Any) -> dict[str, Any]:
+        return {"data_files": fingerprint_path(str(self.data_dir))}
+
+    def run(self, ctx: StageContext, out_dir: Path) -> StageResult:
+        self.runs += 1
+        (out_dir / "rows.txt").write_text((self.data_dir / "train.jsonl").read_text())
+        return StageResult(metrics={})
+
+
+def write_data(folder: Path, text: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.jsonl").write_text(text)
+    (folder / "labels.txt").write_text("a\nb\n")
+
+
+@pytest.fixture(scope="module")
+def recipe() -> Any:
+    return load_recipe(REPO / "recipes" / "smoke.yaml")
+
+
+def test_a_recopied_data_folder_keeps_the_cache(tmp_path: Path, recipe: Any) -> None:
+    data = tmp_path / "data"
+    write_data(data, '{"text": "x", "label": "a"}\n')
+    first = DataReadingStage(data)
+    key, _, _ = run_stage(first, recipe, tmp_path / "run", {}, log=lambda _: None)
+    # The same files copied in again: every mtime changes, no byte does.
+    shutil.rmtree(data)
+    write_data(data, '{"text": "x", "label": "a"}\n')
+    os.utime(data / "train.jsonl", ns=(1, 1))
+    again = DataReadingStage(data)
+    same_key, _, skipped = run_stage(again, recipe, tmp_path / "run", {}, log=lambda _: None)
+    assert (same_key, skipped, again.runs) == (key, True, 0)
+
+
+def test_changed_data_reruns_the_stage(tmp_path: Path, recipe: Any) -> None:
+    data = tmp_path / "data"
+    write_data(data, '{"text": "x", "label": "a"}\n')
+    key, _, _ = run_stage(DataReadingStage(data), recipe, tmp_path / "run", {}, log=lambda _: None)
+    write_data(data, '{"text": "y", "label": "a"}\n')  # same size, one byte differs
+    changed = DataReadingStage(data)
+    new_key, _, skipped = run_stage(changed, recipe, tmp_path / "run", {}, log=lambda _: None)
+    assert new_key != key and not skipped and changed.runs == 1
+    assert (tmp_path / "run" / "reader" / "rows.txt").read_text().startswith('{"text": "y"')
+
+
+def test_a_hub_id_or_missing_path_is_its_own_identity() -> None:
+    assert (
+        fingerprint_path("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+    )
+    assert fingerprint_path(None) is None
