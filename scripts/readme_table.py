@@ -20,10 +20,15 @@ def report_paths() -> list[Path]:
 
 
 def render_table(reports: list[Path]) -> str:
-    """One markdown table; each run's variants against its first variant (the teacher)."""
+    """One markdown table; each run's variants against its first variant (the teacher). Runs scored with an
+    out-of-scope class (CLINC150) get a second table with in-scope accuracy and out-of-scope recall."""
     lines = [
         "| run | variant | format | accuracy | size MB | p50 ms | p90 ms | speed-up p50 | compression |",
         "|---|---|---|---|---|---|---|---|---|",
+    ]
+    oos_lines = [
+        "| run | variant | accuracy | in-scope accuracy | out-of-scope recall |",
+        "|---|---|---|---|---|",
     ]
     for path in reports:
         report = json.loads(path.read_text())
@@ -36,6 +41,13 @@ def render_table(reports: list[Path]) -> str:
                 f"| {v['size_bytes'] / 1e6:.1f} | {v['latency_ms']['p50']:.2f} | {v['latency_ms']['p90']:.2f} "
                 f"| {speedup:.1f}x | {compression:.1f}x |"
             )
+            if v.get("out_of_scope_recall") is not None:
+                oos_lines.append(
+                    f"| {path.parent.name} | {v['name']} | {100 * v['accuracy']:.2f}% "
+                    f"| {100 * v['in_scope_accuracy']:.2f}% | {100 * v['out_of_scope_recall']:.2f}% |"
+                )
+    if len(oos_lines) > 2:
+        lines += ["", *oos_lines]
     return "\n".join(lines)
 
 

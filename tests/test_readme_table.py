@@ -35,3 +35,19 @@ def test_render_table_from_a_report(tmp_path: Path) -> None:
     (tmp_path / "x" / "report.json").write_text(json.dumps(report))
     table = script.render_table([tmp_path / "x" / "report.json"])
     assert "| x | s | pytorch | 90.00% | 1.0 | 2.00 | 3.00 | 5.0x | 4.0x |" in table
+
+
+def test_runs_with_an_out_of_scope_class_get_their_own_table(tmp_path: Path) -> None:
+    script = load_script()
+    variant = {"name": "teacher", "format": "pytorch", "accuracy": 0.9, "size_bytes": 4_000_000}
+    scored = {"in_scope_accuracy": 0.95, "out_of_scope_recall": 0.5, "latency_ms": {"p50": 10.0, "p90": 12.0}}
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "report.json").write_text(
+        json.dumps({"variants": [{**variant, "latency_ms": {"p50": 10.0, "p90": 12.0}}]})
+    )
+    (tmp_path / "oos").mkdir()
+    (tmp_path / "oos" / "report.json").write_text(json.dumps({"variants": [{**variant, **scored}]}))
+    table = script.render_table([tmp_path / "oos" / "report.json", tmp_path / "plain" / "report.json"])
+    assert "| oos | teacher | 90.00% | 95.00% | 50.00% |" in table
+    assert "| plain | teacher | 90.00% |" not in table  # the plain run has no out-of-scope row
+    assert "out-of-scope recall" not in script.render_table([tmp_path / "plain" / "report.json"])
