@@ -49,10 +49,12 @@ def compress(
     force: Annotated[bool, typer.Option("--force", help="Redo every stage, even cached ones.")] = False,
 ) -> None:
     """Run a recipe end to end: teacher → distill → export → quantize → benchmark report."""
+    from edgekd.distributed import is_main_process
     from edgekd.pipeline import compress as run_compress
 
     report = run_compress(recipe, overrides=overrides, output_dir=output_dir, force=force, log=_log)
-    print_summary(report)
+    if is_main_process():  # under torchrun one table, not one per process
+        print_summary(report)
     if not report.get("passed", False):
         failed = [g["name"] for g in report.get("gates", []) if not g["passed"]]
         raise GateFailed(

@@ -49,6 +49,7 @@ def test_two_processes_run_the_recipe_to_the_end(ddp_run) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / "report" / "report.json").is_file()
     assert not list(run_dir.glob(".*.partial")) and not list(run_dir.glob(".*.old"))
+    assert result.stdout.count("edgekd report") == 1, "only rank 0 prints the summary table"
 
 
 def test_distill_trained_in_two_processes_and_wrote_its_files_once(ddp_run) -> None:

@@ -487,7 +487,7 @@ def make_distill_trainer(
                 total = total + plan.attention_weight * extra.get("attention", 0.0)
             if not torch.isfinite(total):
                 raise StageError(
-                    f"the distillation loss became {total.item()} at step {self.state.global_step}",
+                    f"the distillation loss became {total.item()} at training step {self.state.global_step + 1}",
                     hint="lower distill.learning_rate or use precision: fp32",
                 )
             if model.training:
