@@ -1,0 +1,115 @@
+"""INT8 latency and size of a student by encoder depth: how many layers a speed-up target leaves room for.
+
+Why: a recipe's `min_speedup_p50` gate divides the teacher's batch-1 latency by the shipped student's. On a CPU
+without VNNI each 384-wide INT8 layer costs milliseconds, so the gate fixes the student's depth before any
+training; this measures that budget on this machine instead of guessing it.
+
+Usage (MODEL is any local BERT-like *ForSequenceClassification folder, e.g. a distilled or pruned student):
+
+    .venv/bin/python benchmarks/student_depth.py runs/ag_news/prune_vocab/model --data ../shared/data/ag_news \\
+        --teacher-p50-ms 208.67 --out benchmarks/results/student_depth.json
+
+For each depth it keeps the first N encoder layers (weights as they are: latency and size do not depend on them),
+exports with edgekd's exporter, quantizes with the settings `weight_type: auto` resolves to (per-channel), and
+measures the median single-thread batch-1 latency over real test texts, all depths in one process, interleaved
+over several rounds so machine noise hits them alike. With --teacher-p50-ms (a reference measured by the benchmark
+stage) it adds the speed-up each depth would give.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edgekd.data import load_splits
+from edgekd.envinfo import cpu_flags, cpu_model
+from edgekd.quant_search import batch1_latency_ms
+from edgekd.recipe import DataSpec, QuantizeSpec
+from edgekd.stages.export import export_onnx, onnx_file_bytes
+from edgekd.stages.quantize import quantization_settings, quantize_model, resolve_weight_type
+
+
+def truncated_copy(model_dir: Path, depth: int, out_dir: Path) -> None:
+    """Save `model_dir` with only its first `depth` encoder layers (tokenizer files copied alongside)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    encoder = model.base_model.encoder
+    if depth > len(encoder.layer):
+        raise SystemExit(f"{model_dir} has {len(encoder.layer)} layers; depth {depth} asked")
+    encoder.layer = encoder.layer[:depth]
+    model.config.num_hidden_layers = depth
+    model.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out_dir)
+
+
+def int8_model(model_dir: Path, depth: int, work: Path) -> Path:
+    """The INT8 ONNX file of the first `depth` layers of `model_dir` (its folder holds the tokenizer)."""
+    truncated, exported = work / f"pt-{depth}", work / f"onnx-{depth}"
+    truncated_copy(model_dir, depth, truncated)
+    export_onnx(truncated, exported, opset=17)
+    weight_type, _ = resolve_weight_type("auto")
+    spec = QuantizeSpec(weight_type=weight_type, per_channel=True)
+    int8 = exported / "model-int8.onnx"
+    quantize_model(exported / "model.onnx", int8, quantization_settings(spec, []), [])
+    return int8
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--data", type=Path, required=True, help="a data folder with a test split")
+    parser.add_argument("--depths", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--texts", type=int, default=300)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--teacher-p50-ms", type=float, default=None)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/student_depth.json"))
+    args = parser.parse_args()
+
+    texts = load_splits(DataSpec(path=str(args.data.resolve()), max_length=args.max_length)).texts("test")
+    texts = texts[: args.texts]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        models = {depth: int8_model(args.model, depth, work) for depth in args.depths}
+        timings: dict[int, list[float]] = {depth: [] for depth in args.depths}
+        for _ in range(args.rounds):
+            for depth, path in models.items():
+                timings[depth].append(batch1_latency_ms(path, path.parent, texts, args.max_length))
+        rows: list[dict[str, Any]] = []
+        for depth, path in models.items():
+            p50 = statistics.median(timings[depth])
+            row = {
+                "depth": depth,
+                "int8_p50_ms": round(p50, 3),
+                "rounds_ms": [round(t, 3) for t in timings[depth]],
+            }
+            row["int8_onnx_mb"] = round(onnx_file_bytes(path) / 1e6, 2)
+            if args.teacher_p50_ms:
+                row["speedup_vs_teacher"] = round(args.teacher_p50_ms / p50, 1)
+            rows.append(row)
+    result = {
+        "measured_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "model": str(args.model),
+        "hidden_size": json.loads((args.model / "config.json").read_text()).get("hidden_size"),
+        "texts": len(texts),
+        "max_length": args.max_length,
+        "threads": 1,
+        "teacher_p50_ms": args.teacher_p50_ms,
+        "depths": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for row in rows:
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
