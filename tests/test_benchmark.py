@@ -97,8 +97,8 @@ def test_onnx_worker_answers_every_command_and_stays_torch_free(int8_dir, test_t
             {"cmd": "fixed_length", "text": " ".join(test_texts), "length": 16, "repeats": 4}
         )
         assert fixed["tokens"] == 16 and len(fixed["model_ms"]) == 4
-        predicted = worker.request({"cmd": "predict", "texts": test_texts, "batch_size": 16})
-        assert len(predicted["predictions"]) == len(test_texts)
+        predicted = worker.request({"cmd": "predict", "texts": test_texts, "batch_size": 16, "threads": 2})
+        assert len(predicted["predictions"]) == len(test_texts) and predicted["threads"] == 2
         rates = worker.request(
             {"cmd": "throughput", "texts": test_texts[:16], "batch_sizes": [8], "threads": 1}
         )
@@ -208,6 +208,10 @@ def test_latency_is_measured_in_interleaved_rotated_rounds():
     assert fixed[:3] == [("ref", 16), ("mid", 16), ("small", 16)]
     throughput = [cmd for _, cmd in journal if cmd["cmd"] == "throughput"]
     assert len(throughput) == 3 * THROUGHPUT_ROUNDS and throughput[0]["batch_sizes"] == [8, 32]
+    # The accuracy pass uses every core like throughput (predictions do not depend on threads); latency used 1.
+    predict = [cmd for _, cmd in journal if cmd["cmd"] == "predict"]
+    assert len(predict) == 3 and {cmd["threads"] for cmd in predict} == {throughput[0]["threads"]}
+    assert all(m.accuracy_pass_threads == throughput[0]["threads"] for m in measured.values())
     assert [name for name, cmd in journal if cmd["cmd"] == "closed"] == ["small", "mid", "ref"]
 
 

@@ -12,7 +12,7 @@ status         -                                                            (mem
 warmup         texts                                                        n
 latency        texts (batch-1 requests, timed one by one)                   tokenize_ms, model_ms, e2e_ms
 fixed_length   text, length, repeats, warmup (token-exact inputs)           tokens, model_ms
-predict        texts, batch_size                                            predictions, seconds
+predict        texts, batch_size, threads (optional)                        predictions, seconds, threads
 throughput     texts, batch_sizes, threads                                  texts_per_s {batch: n/s}, threads
 exit           -                                                            (the process ends)
 =============  ===========================================================  ==================================
@@ -440,9 +440,15 @@ def handle_command(backend: Backend, command: dict[str, Any]) -> dict[str, Any]:
             int(command.get("warmup", 1)),
         )
     if name == "predict":
+        if "threads" in command:
+            backend.set_threads(int(command["threads"]))
         t0 = time.perf_counter()
         predictions = predict_all(backend, command["texts"], int(command["batch_size"]))
-        return {"predictions": predictions, "seconds": time.perf_counter() - t0}
+        return {
+            "predictions": predictions,
+            "seconds": time.perf_counter() - t0,
+            "threads": backend.effective_threads(),
+        }
     if name == "throughput":
         backend.set_threads(int(command["threads"]))
         rates = {
