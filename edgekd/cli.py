@@ -104,7 +104,9 @@ def benchmark(
     candidate: Annotated[
         str | None, typer.Option(help="The model the gates judge (default: the last one).")
     ] = None,
-    threads: Annotated[int, typer.Option(help="Threads per model for latency and accuracy.")] = 1,
+    threads: Annotated[
+        int, typer.Option(help="Threads per model for latency (accuracy and throughput use every core).")
+    ] = 1,
     samples: Annotated[int, typer.Option(help="Batch-1 latency requests per model.")] = 200,
     warmup: Annotated[int, typer.Option(help="Untimed requests per model first.")] = 20,
     max_length: Annotated[int, typer.Option(help="Truncation length in tokens.")] = 128,

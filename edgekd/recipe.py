@@ -294,6 +294,7 @@ class QuantizeSpec(Strict):
 
 class BenchmarkSpec(Strict):
     threads: int = Field(1, ge=1)
+    """Intra-op threads per model for batch-1 latency; the accuracy and throughput passes use every core."""
     latency_samples: int = Field(200, ge=1)
     warmup: int = Field(20, ge=0)
     batch_size: int = Field(32, ge=1)

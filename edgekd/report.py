@@ -265,7 +265,8 @@ def _setup_section(report: Mapping[str, Any]) -> str:
     ]
     if threads:
         lines.append(
-            f"- Threads: {threads.get('latency_threads')} for latency and accuracy, "
+            f"- Threads: {threads.get('latency_threads')} for latency, "
+            f"{threads.get('accuracy_threads') or threads.get('latency_threads')} for accuracy, "
             f"{threads.get('throughput_threads')} for throughput; inter-op {threads.get('inter_op_threads')}; "
             "ONNX Runtime spin-waiting off; worker environment "
             + ", ".join(f"{k}={v}" for k, v in (threads.get("worker_env") or {}).items())

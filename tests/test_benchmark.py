@@ -313,6 +313,9 @@ def test_benchmark_stage_adds_lengths_throughput_and_environment(benchmarked_run
     env = report["environment"]
     assert len(env["load_average"]) == 3 and len(env["load_average_after"]) == 3
     assert env["threads"]["latency_threads"] == 1 and env["threads"]["throughput_threads"] >= 1
+    assert env["threads"]["accuracy_threads"] == env["threads"]["throughput_threads"]
+    markdown = (benchmarked_run / "report" / "report.md").read_text()
+    assert f"- Threads: 1 for latency, {env['threads']['accuracy_threads']} for accuracy, " in markdown
     assert env["threads"]["onnxruntime"]["allow_spinning"] is False
     for v in report["variants"]:
         # The tiny models have 64 positions: 128 and 256 are capped to 64.

@@ -611,6 +611,9 @@ def thread_settings(settings: HarnessSettings, measured: Mapping[str, Measuremen
     """The thread budgets the numbers were taken with, as the report's environment records them."""
     return {
         "latency_threads": settings.threads,
+        "accuracy_threads": next(
+            (m.accuracy_pass_threads for m in measured.values() if m.accuracy_pass_threads), None
+        ),
         "throughput_threads": next(
             (m.throughput_threads for m in measured.values() if m.throughput_threads), None
         ),
