@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,60 @@ def load_average() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except (AttributeError, OSError):
         return None
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU seconds since boot on the cores this process may use, and this process's own share of them."""
+
+    busy_s: float  # every process, summed over those cores
+    total_s: float  # busy + idle, summed over those cores
+    own_s: float  # this process and its finished (waited-for) children
+    cores: int
+
+
+def cpu_snapshot(stat: str | None = None) -> CpuSnapshot | None:
+    """Read /proc/stat (Linux; None elsewhere). Only the per-core lines of this process's affinity count, so a
+    process pinned to a few cores of a big machine is not told about work on the others."""
+    text = _read_text("/proc/stat") if stat is None else stat
+    try:
+        allowed: set[int] | None = set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        allowed = None
+    busy = total = 0
+    cores = 0
+    for line in text.splitlines():
+        name, *fields = line.split()
+        if not (name.startswith("cpu") and name[3:].isdigit()) or len(fields) < 5:
+            continue
+        if allowed is not None and int(name[3:]) not in allowed:
+            continue
+        ticks = [int(x) for x in fields[:8]]
+        idle = ticks[3] + ticks[4]  # idle + iowait
+        total += sum(ticks)
+        busy += sum(ticks) - idle
+        cores += 1
+    if not cores:
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    own = os.times()
+    own_s = own.user + own.system + own.children_user + own.children_system
+    return CpuSnapshot(busy_s=busy / hz, total_s=total / hz, own_s=own_s, cores=cores)
+
+
+def other_processes_cores(before: CpuSnapshot | None, after: CpuSnapshot | None) -> float | None:
+    """Average number of cores other processes kept busy between two snapshots.
+
+    Unlike the load average, which trails by a minute and so blames a run's own previous stage, this counts
+    only CPU time that was not ours, over exactly the measured interval.
+    """
+    if before is None or after is None or after.cores != before.cores:
+        return None
+    wall_s = (after.total_s - before.total_s) / after.cores
+    if wall_s <= 0:
+        return None
+    others = (after.busy_s - before.busy_s) - (after.own_s - before.own_s)
+    return round(max(0.0, others) / wall_s, 2)
 
 
 def _read_text(path: str) -> str:

@@ -263,6 +263,12 @@ def _setup_section(report: Mapping[str, Any]) -> str:
         f"- Load average (1/5/15 min) before: {', '.join(map(str, load)) if load else '?'}; "
         f"after: {', '.join(map(str, load_after)) if load_after else '?'}",
     ]
+    others = env.get("other_processes_cores")
+    if others:
+        lines.append(
+            f"- Cores used by other processes: {others.get('at_start', '?')} in the second before the benchmark, "
+            f"{others.get('during', '?')} on average during it"
+        )
     if threads:
         lines.append(
             f"- Threads: {threads.get('latency_threads')} for latency, "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -41,7 +42,13 @@ from edgekd.bench.stats import (
     percentiles,
 )
 from edgekd.bench.worker import WorkerProcess, thread_env
-from edgekd.envinfo import environment, load_average, usable_cores
+from edgekd.envinfo import (
+    cpu_snapshot,
+    environment,
+    load_average,
+    other_processes_cores,
+    usable_cores,
+)
 from edgekd.errors import DataError, InputError
 from edgekd.recipe import DataSpec, GatesSpec
 from edgekd.report import evaluate_gates, write_report_md
@@ -49,8 +56,10 @@ from edgekd.size import folder_size, onnx_model_path, param_count
 from edgekd.stage import write_json
 
 N_BOOT = 1000
-# A load average above this share of the cores means other work competed with the measurements.
+# Other processes using more than this share of the cores competed with the measurements.
 BUSY_LOAD_SHARE = 0.5
+# How long to watch the machine before the workers start.
+IDLE_CHECK_SECONDS = 1.0
 # Texts used for the throughput measurement (cycled when the test split is smaller).
 THROUGHPUT_TEXTS = 256
 THROUGHPUT_ROUNDS = 2
@@ -190,12 +199,15 @@ def benchmark_folders(
         check_model_folder(model.folder, model.format)
         check_labels(declared_labels(model.folder), splits.labels, model.name)
     latency_idx = latency_sample_indices(len(texts), settings.latency_samples, settings.seed)
-    # Taken before the workers start, so the load average shows what else the machine was doing.
+    # Taken before the workers start, so they show what else the machine was doing.
     env = environment()
+    env["other_processes_cores"] = {"at_start": other_processes_cores_now()}
     warnings = setup_warnings(env, settings.threads, len(texts), settings.latency_samples)
     warnings += [w for m in models if m.format == "onnx" for w in max_length_warnings(m, settings.max_length)]
 
+    start = cpu_snapshot()
     measured = measure_models(models, texts, [texts[i] for i in latency_idx], settings, log)
+    env["other_processes_cores"]["during"] = other_processes_cores(start, cpu_snapshot())
     env["load_average_after"] = load_average()
     env["threads"] = thread_settings(settings, measured)
     warnings += busy_after_warnings(env)
@@ -569,8 +581,14 @@ def setup_warnings(env: dict[str, Any], threads: int, n_texts: int, n_samples: i
     """Conditions under which the numbers deserve less trust; they go into the report."""
     warnings = []
     cores = env.get("cpu", {}).get("usable_cores") or os.cpu_count() or 1
+    others = (env.get("other_processes_cores") or {}).get("at_start")
+    if others is not None and others > BUSY_LOAD_SHARE * cores:
+        warnings.append(
+            f"other processes were using {others} of {cores} cores when the benchmark started: "
+            "latency may be inflated"
+        )
     load = (env.get("load_average") or [0.0])[0]
-    if load > BUSY_LOAD_SHARE * cores:
+    if others is None and load > BUSY_LOAD_SHARE * cores:
         warnings.append(
             f"the machine was busy at the start (load {load} on {cores} cores): latency may be inflated"
         )
@@ -583,9 +601,25 @@ def setup_warnings(env: dict[str, Any], threads: int, n_texts: int, n_samples: i
     return warnings
 
 
+def other_processes_cores_now(seconds: float = IDLE_CHECK_SECONDS) -> float | None:
+    """Cores other processes keep busy, watched for `seconds` while this process sleeps."""
+    before = cpu_snapshot()
+    time.sleep(seconds)
+    return other_processes_cores(before, cpu_snapshot())
+
+
 def busy_after_warnings(env: dict[str, Any]) -> list[str]:
     """A machine that got busy during the run makes every model slower; interleaving keeps them comparable."""
     cores = env.get("cpu", {}).get("usable_cores") or os.cpu_count() or 1
+    others = (env.get("other_processes_cores") or {}).get("during")
+    if others is not None:
+        if others <= BUSY_LOAD_SHARE * cores:
+            return []
+        return [
+            f"other processes used {others} of {cores} cores on average during the run: absolute latencies may "
+            "be inflated (ratios between models stay comparable: they were measured interleaved)"
+        ]
+    # No /proc/stat (not Linux): the load average, which also counts the benchmark's own workers.
     before = (env.get("load_average") or [0.0])[0]
     after = (env.get("load_average_after") or [0.0])[0]
     if after > BUSY_LOAD_SHARE * cores and after > before:
