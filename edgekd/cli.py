@@ -91,7 +91,9 @@ def benchmark(
     model_dirs: Annotated[
         list[Path], typer.Argument(help="Model folders (PyTorch or ONNX); the first is the reference.")
     ],
-    data: Annotated[Path, typer.Option(help="Data folder with train and test splits, as in a recipe.")],
+    data: Annotated[
+        Path, typer.Option(help="Data folder with a test split (train optional), as in a recipe.")
+    ],
     labels: Annotated[
         str | None,
         typer.Option("--labels", "--labels-name", help="Class names in id order, comma-separated."),

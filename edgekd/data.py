@@ -14,6 +14,7 @@ import json
 import random
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,8 +67,14 @@ class Splits:
         return {s: len(getattr(self, s)) for s in ("train", "validation", "test")}
 
 
-def load_splits(spec: DataSpec, seed: int = 42) -> Splits:
+def load_splits(spec: DataSpec, seed: int = 42, *, model_labels: Sequence[str] | None = None) -> Splits:
     """Load, check and cap the splits the recipe describes.
+
+    Args:
+        spec: The recipe's data section.
+        seed: Seeds the validation carve-out and the caps.
+        model_labels: Only for measuring finished models (`edgekd benchmark`): a data folder may then hold just a
+            test split, and without data.labels or labels.txt the class names are these (the reference model's).
 
     Raises:
         DataError: missing split, empty file, bad rows, unknown labels, unreadable file.
@@ -80,7 +87,8 @@ def load_splits(spec: DataSpec, seed: int = 42) -> Splits:
         raw = {split: _read_split(folder, split, spec) for split in SPLIT_ALIASES}
         folder_labels = _read_labels_file(folder)
         labels = spec.labels or folder_labels
-    if raw["train"] is None:
+    trainless = raw["train"] is None and model_labels is not None
+    if raw["train"] is None and not trainless:
         raise DataError(
             "the dataset has no train split", hint="add a train.jsonl / train.csv / train.parquet file"
         )
@@ -88,8 +96,10 @@ def load_splits(spec: DataSpec, seed: int = 42) -> Splits:
         raise DataError(
             "the dataset has no test split", hint="add a test.jsonl / test.csv / test.parquet file"
         )
+    if labels is None and trainless and model_labels:
+        labels = list(model_labels)
     if labels is None:
-        labels = sorted({str(label) for _, label in raw["train"]})
+        labels = sorted({str(label) for _, label in raw["train"] or raw["test"]})
     if len(labels) < 2:
         raise DataError(
             f"a classifier needs at least 2 classes; the data has {len(labels)}: {labels}",
@@ -100,6 +110,9 @@ def load_splits(spec: DataSpec, seed: int = 42) -> Splits:
     for split, rows in raw.items():
         if rows is not None:
             splits[split] = _encode_labels(rows, label_ids, split)
+    if trainless:
+        splits["train"] = []
+        splits.setdefault("validation", [])
     carved = "validation" not in splits
     if carved:
         splits["train"], splits["validation"] = _carve_validation(
@@ -115,7 +128,8 @@ def load_splits(spec: DataSpec, seed: int = 42) -> Splits:
         test=splits["test"],
         validation_carved=carved,
     )
-    check_every_class_is_trained(result, capped=spec.limits.train is not None)
+    if not trainless:
+        check_every_class_is_trained(result, capped=spec.limits.train is not None)
     result.warnings = [w for w in (untested_classes_warning(result), overlap_warning(result)) if w]
     return result
 

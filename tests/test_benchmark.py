@@ -573,8 +573,13 @@ def cli_runs(tmp_path_factory, tiny_classifier_dir, onnx_dir, int8_dir, toy_data
             "min_speedup_p50=1e-3",
         ),
     )
+    # A hardware team's folder may hold only test texts: the reference model then names the classes.
+    test_only = root / "test-only"
+    test_only.mkdir()
+    shutil.copy(toy_data / "test.jsonl", test_only / "test.jsonl")
+    test_only_args = [*common[2:], "--data", str(test_only)]
     passing = edgekd_cli(
-        *("benchmark", str(onnx_dir), str(bare), *common, "--output-dir", str(root / "pass")),
+        *("benchmark", str(onnx_dir), str(bare), *test_only_args, "--output-dir", str(root / "pass")),
         *("--gate", "max_accuracy_drop_pts=100"),
     )
     return root, failing, passing
@@ -604,6 +609,7 @@ def test_benchmark_command_exits_0_when_every_gate_passes(cli_runs):
     report = json.loads((root / "pass" / "report.json").read_text())
     assert [v["format"] for v in report["variants"]] == ["onnx", "onnx"]
     assert report["variants"][1]["name"] == "bare-int8" and report["passed"] is True
+    assert report["benchmark"]["test_texts"] == 160  # from a folder with no train split
     assert all(v["torch_imported"] is False for v in report["variants"])
 
 

@@ -91,3 +91,15 @@ def test_non_utf8_bytes(tmp_path: Path) -> None:
 def test_missing_folder() -> None:
     with pytest.raises(DataError, match="data folder not found"):
         load_splits(DataSpec(path="/nonexistent/folder"))
+
+
+def test_measuring_models_needs_only_a_test_split(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "test.jsonl", ROWS[:6])
+    splits = load_splits(DataSpec(path=str(tmp_path)), model_labels=["b", "a"])
+    assert splits.labels == ["b", "a"]  # the model's class order, which its logits follow
+    assert splits.counts() == {"train": 0, "validation": 0, "test": 6}
+    assert splits.label_ids("test")[:2] == [1, 0]
+    with pytest.raises(DataError, match="no train split"):
+        load_splits(DataSpec(path=str(tmp_path)))
+    with pytest.raises(DataError, match="not in the label list"):
+        load_splits(DataSpec(path=str(tmp_path)), model_labels=["a", "c"])

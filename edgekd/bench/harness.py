@@ -192,7 +192,8 @@ def benchmark_folders(
         raise InputError(f"the candidate {candidate!r} is not one of the measured models")
     from edgekd.data import load_splits
 
-    splits = load_splits(data, settings.seed)
+    # Measuring finished models needs no train split; the reference model then names the classes.
+    splits = load_splits(data, settings.seed, model_labels=declared_labels(models[0].folder))
     texts, gold = splits.texts("test"), splits.label_ids("test")
     oos = check_out_of_scope_label(settings.out_of_scope_label, splits.labels)
     for model in models:
