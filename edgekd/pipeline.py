@@ -40,14 +40,14 @@ def stages(recipe: Recipe | None = None) -> list[Stage]:
     from edgekd.stages.quantize import QuantizeStage
     from edgekd.stages.teacher import TeacherStage
 
-    if recipe is not None and recipe.prune_vocab.enabled:
+    pruned = recipe is not None and recipe.prune_vocab.enabled
+    if pruned:
         student: list[Stage] = [DistillStage(), PruneVocabStage(), ExportStage(source="prune_vocab")]
     else:
         student = [DistillStage(), ExportStage()]
     baseline = recipe is not None and recipe.benchmark.optimum_baseline
-    measured: list[Stage] = (
-        [OptimumBaselineStage(), BenchmarkStage(baseline=True)] if baseline else [BenchmarkStage()]
-    )
+    benchmark = BenchmarkStage(baseline=baseline, student_stage="prune_vocab" if pruned else "distill")
+    measured: list[Stage] = [OptimumBaselineStage(), benchmark] if baseline else [benchmark]
     return [TeacherStage(), *student, QuantizeStage(), *measured]
 
 

@@ -146,3 +146,8 @@ def test_pipeline_inserts_the_stage_only_when_enabled():
     names = [s.name for s in with_pruning]
     assert names == ["teacher", "distill", "prune_vocab", "export", "quantize", "benchmark"]
     assert with_pruning[3].needs == ("prune_vocab",)
+    # The report's fp32 student is the model the shipped INT8 came from; distill still feeds the training curve.
+    student = {v.name: v for v in with_pruning[-1].variants}["student"]
+    assert student.stage == "prune_vocab" and "distill" in with_pruning[-1].needs
+    assert {v.name: v for v in plain[-1].variants}["student"].stage == "distill"
+    assert plain[-1].needs == ("teacher", "distill", "quantize")  # unchanged, so cached reports stay valid

@@ -11,7 +11,7 @@ gate is a verdict, not an error: the stage reports `passed: false` and the pipel
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +60,18 @@ class BenchmarkStage:
     name = "benchmark"
     folder = "report"
 
-    def __init__(self, baseline: bool = False) -> None:
-        """Args: baseline: also measure the Optimum baseline stage's model (`benchmark.optimum_baseline`)."""
-        self.variants = (*VARIANTS, BASELINE_VARIANT) if baseline else VARIANTS
-        self.needs: tuple[str, ...] = tuple(dict.fromkeys(v.stage for v in self.variants))
+    def __init__(self, baseline: bool = False, student_stage: str = "distill") -> None:
+        """Args:
+        baseline: also measure the Optimum baseline stage's model (`benchmark.optimum_baseline`).
+        student_stage: the stage whose fp32 model was exported ("prune_vocab" when the vocabulary is pruned),
+            so the fp32 student row is the very model the shipped INT8 was quantized from.
+        """
+        measured = (*VARIANTS, BASELINE_VARIANT) if baseline else VARIANTS
+        self.variants = tuple(replace(v, stage=student_stage) if v.name == "student" else v for v in measured)
+        # distill stays an input even when its model is not measured: its training curve goes into report.html.
+        self.needs: tuple[str, ...] = tuple(
+            dict.fromkeys([*(v.stage for v in self.variants), *TRAINING_STAGES])
+        )
 
     def params(self, recipe: Recipe) -> dict[str, Any]:
         return {
