@@ -99,7 +99,8 @@ def load_splits(spec: DataSpec, seed: int = 42, *, model_labels: Sequence[str] |
     if labels is None and trainless and model_labels:
         labels = list(model_labels)
     if labels is None:
-        labels = sorted({str(label) for _, label in raw["train"] or raw["test"]})
+        labelled = raw["test"] if trainless else raw["train"]
+        labels = sorted({str(label) for _, label in labelled or []})
     if len(labels) < 2:
         raise DataError(
             f"a classifier needs at least 2 classes; the data has {len(labels)}: {labels}",

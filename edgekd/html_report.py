@@ -533,12 +533,13 @@ def _setup_html(report: Mapping[str, Any]) -> str:
     bench = report.get("benchmark", {})
     versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v)
     flags = ", ".join(k for k, v in (cpu.get("flags") or {}).items() if v) or "none of note"
+    others = env.get("other_processes_cores") or {}
     items = [
         f"CPU: {cpu.get('model', '?')}; {cpu.get('usable_cores', '?')} usable cores; flags: {flags}",
         f"Libraries: {versions}",
         f"Load average before: {env.get('load_average')}; after: {env.get('load_average_after')}",
-        f"Cores used by other processes: {(env.get('other_processes_cores') or {}).get('at_start', '?')} at the "
-        f"start, {(env.get('other_processes_cores') or {}).get('during', '?')} on average during the benchmark",
+        f"Cores used by other processes: {others.get('at_start', '?')} at the start, "
+        f"{others.get('during', '?')} on average during the benchmark",
         f"Threads: {bench.get('threads')} per model for latency; throughput on "
         f"{(env.get('threads') or {}).get('throughput_threads')}",
         f"Latency: {bench.get('latency_samples')} batch-1 requests per model in {bench.get('interleaved_rounds')} "

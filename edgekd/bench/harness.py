@@ -57,7 +57,7 @@ from edgekd.stage import write_json
 
 N_BOOT = 1000
 # Other processes using more than this share of the cores competed with the measurements.
-BUSY_LOAD_SHARE = 0.5
+BUSY_CORE_SHARE = 0.5
 # How long to watch the machine before the workers start.
 IDLE_CHECK_SECONDS = 1.0
 # Texts used for the throughput measurement (cycled when the test split is smaller).
@@ -583,13 +583,13 @@ def setup_warnings(env: dict[str, Any], threads: int, n_texts: int, n_samples: i
     warnings = []
     cores = env.get("cpu", {}).get("usable_cores") or os.cpu_count() or 1
     others = (env.get("other_processes_cores") or {}).get("at_start")
-    if others is not None and others > BUSY_LOAD_SHARE * cores:
+    if others is not None and others > BUSY_CORE_SHARE * cores:
         warnings.append(
             f"other processes were using {others} of {cores} cores when the benchmark started: "
             "latency may be inflated"
         )
     load = (env.get("load_average") or [0.0])[0]
-    if others is None and load > BUSY_LOAD_SHARE * cores:
+    if others is None and load > BUSY_CORE_SHARE * cores:
         warnings.append(
             f"the machine was busy at the start (load {load} on {cores} cores): latency may be inflated"
         )
@@ -614,7 +614,7 @@ def busy_after_warnings(env: dict[str, Any]) -> list[str]:
     cores = env.get("cpu", {}).get("usable_cores") or os.cpu_count() or 1
     others = (env.get("other_processes_cores") or {}).get("during")
     if others is not None:
-        if others <= BUSY_LOAD_SHARE * cores:
+        if others <= BUSY_CORE_SHARE * cores:
             return []
         return [
             f"other processes used {others} of {cores} cores on average during the run: absolute latencies may "
@@ -623,7 +623,7 @@ def busy_after_warnings(env: dict[str, Any]) -> list[str]:
     # No /proc/stat (not Linux): the load average, which also counts the benchmark's own workers.
     before = (env.get("load_average") or [0.0])[0]
     after = (env.get("load_average_after") or [0.0])[0]
-    if after > BUSY_LOAD_SHARE * cores and after > before:
+    if after > BUSY_CORE_SHARE * cores and after > before:
         return [
             f"the load average rose to {after} on {cores} cores during the run: absolute latencies may be "
             "inflated (ratios between models stay comparable: they were measured interleaved)"
