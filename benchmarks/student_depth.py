@@ -10,9 +10,10 @@ Usage (MODEL is any local BERT-like *ForSequenceClassification folder, e.g. a di
         --teacher-p50-ms 208.67 --out benchmarks/results/student_depth.json
 
 For each depth it keeps the first N encoder layers (weights as they are: latency and size do not depend on them),
-exports with edgekd's exporter, quantizes with the settings `weight_type: auto` resolves to (per-channel), and
-measures the median single-thread batch-1 latency over real test texts, all depths in one process, interleaved
-over several rounds so machine noise hits them alike. With --teacher-p50-ms (a reference measured by the benchmark
+exports with edgekd's exporter, quantizes with the settings `weight_type: auto` resolves to (per-channel, or per
+tensor with --per-channel off/both: on AVX2 per-channel costs latency), and measures the median single-thread
+batch-1 latency over real test texts, all models in one process, interleaved over several rounds so machine noise
+hits them alike. With --teacher-p50-ms (a reference measured by the benchmark
 stage) it adds the speed-up each depth would give.
 """
 
@@ -48,14 +49,19 @@ def truncated_copy(model_dir: Path, depth: int, out_dir: Path) -> None:
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out_dir)
 
 
-def int8_model(model_dir: Path, depth: int, work: Path) -> Path:
-    """The INT8 ONNX file of the first `depth` layers of `model_dir` (its folder holds the tokenizer)."""
+def exported_depth(model_dir: Path, depth: int, work: Path) -> Path:
+    """The fp32 ONNX folder of the first `depth` layers of `model_dir` (with the tokenizer files)."""
     truncated, exported = work / f"pt-{depth}", work / f"onnx-{depth}"
     truncated_copy(model_dir, depth, truncated)
     export_onnx(truncated, exported, opset=17)
+    return exported
+
+
+def int8_model(exported: Path, per_channel: bool) -> Path:
+    """The INT8 ONNX file of an exported folder, as `weight_type: auto` quantizes it on this CPU."""
     weight_type, _ = resolve_weight_type("auto")
-    spec = QuantizeSpec(weight_type=weight_type, per_channel=True)
-    int8 = exported / "model-int8.onnx"
+    spec = QuantizeSpec(weight_type=weight_type, per_channel=per_channel)
+    int8 = exported / f"model-int8{'-per-channel' if per_channel else ''}.onnx"
     quantize_model(exported / "model.onnx", int8, quantization_settings(spec, []), [])
     return int8
 
@@ -68,6 +74,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=300)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--per-channel", choices=["on", "off", "both"], default="on")
     parser.add_argument("--teacher-p50-ms", type=float, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/student_depth.json"))
     args = parser.parse_args()
@@ -76,18 +83,21 @@ def main() -> None:
     texts = texts[: args.texts]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        models = {depth: int8_model(args.model, depth, work) for depth in args.depths}
-        timings: dict[int, list[float]] = {depth: [] for depth in args.depths}
+        per_channel = {"on": [True], "off": [False], "both": [True, False]}[args.per_channel]
+        exported = {depth: exported_depth(args.model, depth, work) for depth in args.depths}
+        models = {(depth, pc): int8_model(exported[depth], pc) for depth in args.depths for pc in per_channel}
+        timings: dict[tuple[int, bool], list[float]] = {key: [] for key in models}
         for _ in range(args.rounds):
-            for depth, path in models.items():
-                timings[depth].append(batch1_latency_ms(path, path.parent, texts, args.max_length))
+            for key, path in models.items():
+                timings[key].append(batch1_latency_ms(path, path.parent, texts, args.max_length))
         rows: list[dict[str, Any]] = []
-        for depth, path in models.items():
-            p50 = statistics.median(timings[depth])
+        for (depth, pc), path in models.items():
+            p50 = statistics.median(timings[depth, pc])
             row = {
                 "depth": depth,
+                "per_channel": pc,
                 "int8_p50_ms": round(p50, 3),
-                "rounds_ms": [round(t, 3) for t in timings[depth]],
+                "rounds_ms": [round(t, 3) for t in timings[depth, pc]],
             }
             row["int8_onnx_mb"] = round(onnx_file_bytes(path) / 1e6, 2)
             if args.teacher_p50_ms:

@@ -414,12 +414,18 @@ def _stage_times_section(report: Mapping[str, Any]) -> str:
         return ""
     total = sum(t["wall_time_s"] for t in times)
     rows = [
-        [f"`{t['stage']}`", f"{t['wall_time_s']:.1f}", f"{t['wall_time_s'] / total:.0%}" if total else "–"]
+        [
+            f"`{t['stage']}`"
+            + (f" (resumed: {t['carried_over_s']:.1f} s before)" if t.get("carried_over_s") else ""),
+            f"{t['wall_time_s']:.1f}",
+            f"{t['wall_time_s'] / total:.0%}" if total else "–",
+        ]
         for t in times
     ]
     rows.append(["**total**", f"{total:.1f} ({total / 60:.1f} min)", "100%"])
     note = (
-        "Wall time of each stage when it ran (a cached stage keeps the time of the run that made it); "
+        "Wall time of each stage when it ran (a cached stage keeps the time of the run that made it; a stage "
+        "resumed after an interruption adds its earlier invocations' work up to their last checkpoint); "
         "the benchmark's own time is in `stage.json` next to this report."
     )
     return "## Where the time went\n\n" + note + "\n\n" + _table(["stage", "seconds", "share"], rows)

@@ -30,6 +30,9 @@ from edgekd.recipe import Recipe
 
 STAGE_FILE = "stage.json"
 PARTIAL_MARKER = ".key"  # in a partial folder: the stage key it is being built for
+# In a partial folder: when the current invocation started and the work carried over from earlier ones.
+INVOCATION_FILE = ".invocation.json"
+BOOKKEEPING_FILES = (PARTIAL_MARKER, INVOCATION_FILE)
 
 
 @dataclass
@@ -135,8 +138,10 @@ def run_stage(
             done = read_stage_json(final)
             if done and done.get("key") == key and not force:
                 return key, done, True
+            carried_s = 0.0
             if is_main_process():
                 prepare_partial_folder(tmp, key, log, resume=not force)  # --force means from scratch
+                carried_s = start_invocation(tmp)
     except OSError as exc:
         raise _write_failure(exc, stage, run_dir, final) from None
 
@@ -168,16 +173,19 @@ def run_stage(
         "params": stage.params(recipe),
         "started_utc": started.isoformat(timespec="seconds"),
         "wall_time_s": round(time.perf_counter() - t0, 3),
+        # Resumed from an interrupted run: the earlier invocations' work up to their last saved file.
+        "carried_over_s": round(carried_s, 3),
         "edgekd_version": __version__,
         "metrics": result.metrics,
         "files": sorted(
-            str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and p.name != PARTIAL_MARKER
+            str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and p.name not in BOOKKEEPING_FILES
         ),
     }
     try:
         # stage.json first, marker last: a partial folder with a matching stage.json is complete, so a run
         # killed before the swap below is finished by the next one instead of being redone.
         write_json(tmp / STAGE_FILE, record)
+        (tmp / INVOCATION_FILE).unlink(missing_ok=True)
         (tmp / PARTIAL_MARKER).unlink(missing_ok=True)
         _swap_into_place(tmp, final)
     except OSError as exc:
@@ -218,6 +226,28 @@ def prepare_partial_folder(tmp: Path, key: str, log: Callable[[str], None], resu
     tmp.mkdir(parents=True)
     marker.write_text(key)
     return tmp
+
+
+def start_invocation(tmp: Path) -> float:
+    """Record that a stage starts (or resumes) in `tmp`; return the seconds of work carried over.
+
+    An interrupted invocation cannot record when it stopped, so its useful work is measured up to the newest
+    file it left (its last checkpoint: whatever it did after that is redone), from the start it recorded here.
+    Summed over every earlier invocation, so idle time between them is never counted.
+    """
+    path = tmp / INVOCATION_FILE
+    carried = 0.0
+    try:
+        previous = json.loads(path.read_text())
+        newest = max(
+            (p.stat().st_mtime for p in tmp.rglob("*") if p.is_file() and p.name not in BOOKKEEPING_FILES),
+            default=previous["started"],
+        )
+        carried = float(previous["carried_s"]) + max(0.0, newest - float(previous["started"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # a fresh folder (or one from an older edgekd): nothing to carry over
+    write_json(path, {"started": time.time(), "carried_s": carried})
+    return carried
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:

@@ -710,9 +710,13 @@ def test_stage_times_come_from_each_upstream_stage_json_in_chain_order(tmp_path,
     for stage, seconds in (("quantize", 3.0), ("teacher", 10.5), ("export", 1.25)):
         (tmp_path / stage).mkdir()
         (tmp_path / stage / "stage.json").write_text(json.dumps({"wall_time_s": seconds}))
+    # the teacher was resumed: 60 s of its work came from the invocation that was interrupted
+    (tmp_path / "teacher" / "stage.json").write_text(
+        json.dumps({"wall_time_s": 10.5, "carried_over_s": 60.0})
+    )
     # distill never finished: it has no stage.json and is left out
     assert upstream_stage_times(tmp_path, recipe) == [
-        {"stage": "teacher", "wall_time_s": 10.5},
+        {"stage": "teacher", "wall_time_s": 70.5, "carried_over_s": 60.0},
         {"stage": "export", "wall_time_s": 1.25},
         {"stage": "quantize", "wall_time_s": 3.0},
     ]
@@ -722,9 +726,13 @@ def test_report_md_says_where_the_time_went(tmp_path):
     report = {
         "variants": HAND_MADE,
         "gates": [],
-        "stage_times": [{"stage": "teacher", "wall_time_s": 90.0}, {"stage": "distill", "wall_time_s": 30.0}],
+        "stage_times": [
+            {"stage": "teacher", "wall_time_s": 90.0, "carried_over_s": 40.0},
+            {"stage": "distill", "wall_time_s": 30.0},
+        ],
     }
     write_report_md(report, tmp_path / "report.md")
     text = (tmp_path / "report.md").read_text()
     assert "## Where the time went" in text
-    assert "| `teacher` | 90.0 | 75% |" in text and "120.0 (2.0 min)" in text
+    assert "| `teacher` (resumed: 40.0 s before) | 90.0 | 75% |" in text and "120.0 (2.0 min)" in text
+    assert "| `distill` | 30.0 | 25% |" in text

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from edgekd.recipe import load_recipe
-from edgekd.stage import StageContext, StageResult, run_stage
+from edgekd.stage import INVOCATION_FILE, StageContext, StageResult, run_stage, start_invocation
 from edgekd.training import is_complete_checkpoint, last_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,7 +94,9 @@ def test_killed_runs_resume_from_their_checkpoints(tmp_path: Path) -> None:
     kill_after_checkpoint(second, run_dir / ".distill.partial" / "checkpoints")
     log2 = (tmp_path / "2.log").read_text(errors="replace")
     assert "resuming training from checkpoint-" in log2, log2[-3000:]
-    assert json.loads((run_dir / "teacher" / "stage.json").read_text())["metrics"]["finetuned"]
+    teacher = json.loads((run_dir / "teacher" / "stage.json").read_text())
+    assert teacher["metrics"]["finetuned"]
+    assert teacher["carried_over_s"] > 0, "the killed invocation's work up to its checkpoint counts"
     assert not (run_dir / "distill" / "stage.json").exists()
 
     third = subprocess.run(compress_command(run_dir), cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -187,3 +189,26 @@ def test_only_complete_checkpoints_are_resumed_from(tmp_path: Path) -> None:
     assert last_checkpoint(tmp_path) == str(good)
     assert not half.exists() and not torn.exists(), "incomplete checkpoints are removed"
     assert last_checkpoint(tmp_path / "missing") is None
+
+
+def test_carried_over_time_counts_work_up_to_each_last_file_not_the_idle_gaps(tmp_path: Path) -> None:
+    partial = tmp_path / ".fake.partial"
+    partial.mkdir()
+    assert start_invocation(partial) == 0.0  # a fresh folder
+    now = time.time()
+    # invocation 1 started 1000 s ago and wrote its last checkpoint 900 s ago (100 s of work), then died;
+    # invocation 2 started 300 s ago and wrote its last checkpoint 250 s ago (50 s more), then died.
+    (partial / INVOCATION_FILE).write_text(json.dumps({"started": now - 1000, "carried_s": 0.0}))
+    checkpoint = partial / "checkpoint-1"
+    checkpoint.write_text("x")
+    os.utime(checkpoint, (now - 900, now - 900))
+    assert start_invocation(partial) == pytest.approx(100.0, abs=1.0)
+    (partial / INVOCATION_FILE).write_text(json.dumps({"started": now - 300, "carried_s": 100.0}))
+    os.utime(checkpoint, (now - 250, now - 250))
+    assert start_invocation(partial) == pytest.approx(150.0, abs=1.0)
+
+
+def test_a_finished_stage_keeps_no_bookkeeping_files(tmp_path: Path, recipe: Any) -> None:
+    _, record, _ = run_stage(CountingStage("v1"), recipe, tmp_path, {}, log=lambda _: None)
+    assert record["carried_over_s"] == 0.0
+    assert sorted(p.name for p in (tmp_path / "fake").iterdir()) == ["artifact.txt", "stage.json"]

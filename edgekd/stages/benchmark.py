@@ -123,7 +123,8 @@ def settings_from_recipe(recipe: Recipe) -> HarnessSettings:
 
 def upstream_stage_times(run_dir: Path, recipe: Recipe) -> list[dict[str, Any]]:
     """Wall time of each finished stage before the benchmark, in chain order, from its stage.json (a stage
-    that was cached reports the time of the run that made it). The benchmark's own is in report/stage.json."""
+    that was cached reports the time of the run that made it; a resumed one adds the work carried over from
+    its interrupted invocations, also given apart). The benchmark's own is in report/stage.json."""
     from edgekd.pipeline import stages
     from edgekd.stage import read_stage_json
 
@@ -133,7 +134,12 @@ def upstream_stage_times(run_dir: Path, recipe: Recipe) -> list[dict[str, Any]]:
             break
         record = read_stage_json(run_dir / stage.folder)
         if record and isinstance(record.get("wall_time_s"), int | float):
-            times.append({"stage": stage.name, "wall_time_s": float(record["wall_time_s"])})
+            carried = record.get("carried_over_s")
+            carried = float(carried) if isinstance(carried, int | float) else 0.0
+            entry = {"stage": stage.name, "wall_time_s": float(record["wall_time_s"]) + carried}
+            if carried:
+                entry["carried_over_s"] = carried
+            times.append(entry)
     return times
 
 
