@@ -246,7 +246,10 @@ def start_invocation(tmp: Path) -> float:
         carried = float(previous["carried_s"]) + max(0.0, newest - float(previous["started"]))
     except (OSError, ValueError, KeyError, TypeError):
         pass  # a fresh folder (or one from an older edgekd): nothing to carry over
-    write_json(path, {"started": time.time(), "carried_s": carried})
+    try:
+        write_json(path, {"started": time.time(), "carried_s": carried})
+    except OSError:
+        pass  # bookkeeping only: a folder that cannot be written fails the stage itself, with its own error
     return carried
 
 
