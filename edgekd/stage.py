@@ -12,6 +12,7 @@ what its output depends on, and `run(ctx, out_dir) -> StageResult`. It reads ear
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -246,10 +247,9 @@ def start_invocation(tmp: Path) -> float:
         carried = float(previous["carried_s"]) + max(0.0, newest - float(previous["started"]))
     except (OSError, ValueError, KeyError, TypeError):
         pass  # a fresh folder (or one from an older edgekd): nothing to carry over
-    try:
+    # Bookkeeping only: a folder that cannot be written fails the stage itself, with its own error.
+    with contextlib.suppress(OSError):
         write_json(path, {"started": time.time(), "carried_s": carried})
-    except OSError:
-        pass  # bookkeeping only: a folder that cannot be written fails the stage itself, with its own error
     return carried
 
 
