@@ -7,26 +7,31 @@ what its output depends on, and `run(ctx, out_dir) -> StageResult`. It reads ear
 * keys the stage by a hash of its params, its inputs' keys and the fingerprint of local files it reads, and
   skips it when `<run>/<stage>/stage.json` holds the same key (`force` re-runs it);
 * runs it in a temporary sibling folder and renames that into place only when the stage finished, so a killed
-  run never leaves a folder that looks complete.
+  run never leaves a folder that looks complete;
+* records the size and sha256 of every file in stage.json (written to disk with fsync before the rename) and
+  re-runs, with a warning, a cached stage whose files no longer match;
+* keeps a partial folder's training checkpoints when the disk filled up, so the same command resumes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from edgekd import __version__
 from edgekd.distributed import barrier, is_main_process, main_process_first
-from edgekd.errors import EdgekdError, StageError, resource_error
+from edgekd.errors import EdgekdError, ResourceError, StageError, resource_error
 from edgekd.recipe import Recipe
 
 STAGE_FILE = "stage.json"
@@ -34,6 +39,14 @@ PARTIAL_MARKER = ".key"  # in a partial folder: the stage key it is being built 
 # In a partial folder: when the current invocation started and the work carried over from earlier ones.
 INVOCATION_FILE = ".invocation.json"
 BOOKKEEPING_FILES = (PARTIAL_MARKER, INVOCATION_FILE)
+# Training stages keep their Trainer checkpoints here; the only part of a partial folder worth keeping when the
+# disk fills up (see `keep_only_checkpoints`).
+CHECKPOINTS_FOLDER = "checkpoints"
+# Every run folder gets this file before its first stage runs: a folder holding it is an edgekd run folder.
+RUN_FOLDER_MARKER = "recipe.resolved.yaml"
+# Files up to this size are hashed again whenever a finished stage is reused; larger ones (model weights) are
+# checked by size only, so reusing a 400 MB teacher costs a stat, not a read.
+REHASHED_BYTES = 1 << 20
 
 
 @dataclass
@@ -70,21 +83,63 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# The run folder whose stages are being keyed (set by `run_stage`): never part of a fingerprint.
+_CURRENT_RUN_DIR: ContextVar[Path | None] = ContextVar("edgekd_current_run_dir", default=None)
+
+
 def fingerprint_path(value: str | None) -> Any:
     """Identity of a local file or folder by content (names, sizes, sha256); a Hub id is its own identity.
 
     Content, not mtimes: a data root or model folder copied again (a new checkout, a re-synced share) keeps its
     cache keys, so hours of teacher training are not redone for files that did not change.
+
+    Run folders inside the folder (the current one, `--output-dir <data>/runs/x` or `data.path: .`, and any
+    other holding `recipe.resolved.yaml`) are left out: edgekd's own writes would otherwise change the key of
+    every stage that reads the folder, so it would never be reused or resumed. A folder without a run folder
+    inside keeps exactly the fingerprint it always had.
     """
     if not value:
         return None
     path = Path(value)
     if not path.exists():
         return value
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    files = [path] if path.is_file() else content_files(path)
     return [
         (str(p.relative_to(path)) if p != path else p.name, p.stat().st_size, file_digest(p)) for p in files
     ]
+
+
+def content_files(folder: Path) -> list[Path]:
+    """Every file under `folder`, sorted, except the files of edgekd run folders inside it."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    runs = {
+        p.parent.relative_to(folder).parts
+        for p in files
+        if p.name == RUN_FOLDER_MARKER and p.parent != folder
+    }
+    current = _CURRENT_RUN_DIR.get()
+    if current is not None:
+        with contextlib.suppress(OSError, ValueError):  # not inside `folder`: nothing to leave out
+            inside = current.resolve().relative_to(folder.resolve()).parts
+            if inside:
+                runs.add(inside)
+    if not runs:
+        return files
+    return [p for p in files if not _under_any(p.relative_to(folder).parts, runs)]
+
+
+def _under_any(parts: tuple[str, ...], folders: set[tuple[str, ...]]) -> bool:
+    return any(parts[: len(folder)] == folder for folder in folders)
+
+
+@contextlib.contextmanager
+def fingerprints_leaving_out(run_dir: Path) -> Iterator[None]:
+    """While keying the stages of `run_dir`, `fingerprint_path` skips that folder's files."""
+    token = _CURRENT_RUN_DIR.set(run_dir)
+    try:
+        yield
+    finally:
+        _CURRENT_RUN_DIR.reset(token)
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
@@ -110,6 +165,38 @@ def read_stage_json(folder: Path) -> dict[str, Any] | None:
         return None
 
 
+def file_checks(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Size and sha256 (16 hex digits) of each file, for stage.json: what a later reuse checks."""
+    return {
+        name: {"bytes": (folder / name).stat().st_size, "sha256": file_digest(folder / name)}
+        for name in names
+    }
+
+
+def damaged_file(folder: Path, record: dict[str, Any]) -> str | None:
+    """The first file of a finished stage that is missing or differs from its stage.json record, else None.
+
+    Cheap enough for every reuse: sizes (a truncated or half-copied file) for all, content for small files only.
+    Records from before sizes were kept list only names: those files must exist.
+    """
+    checks = record.get("file_checks")
+    if not isinstance(checks, dict):
+        names = record.get("files")
+        missing = [n for n in names if not (folder / n).is_file()] if isinstance(names, list) else []
+        return f"{missing[0]} is missing" if missing else None
+    for name, check in sorted(checks.items()):
+        path = folder / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if size != check.get("bytes"):
+            return f"{name} has {size} bytes, {check.get('bytes')} when written"
+        if size <= REHASHED_BYTES and file_digest(path) != check.get("sha256"):
+            return f"{name} changed since it was written"
+    return None
+
+
 def stage_key(stage: Stage, recipe: Recipe, input_keys: dict[str, str]) -> str:
     return stable_hash({"stage": stage.name, "params": stage.params(recipe), "inputs": input_keys})
 
@@ -128,7 +215,9 @@ def run_stage(
     Returns:
         (key, stage.json content, whether it was skipped)
     """
-    key = stage_key(stage, recipe, input_keys)
+    with fingerprints_leaving_out(run_dir):
+        key = stage_key(stage, recipe, input_keys)
+        params = stage.params(recipe)
     final = run_dir / stage.folder
     tmp = run_dir / f".{stage.folder}.partial"
     try:
@@ -138,7 +227,12 @@ def run_stage(
                 finish_interrupted_swap(tmp, final, key, log)
             done = read_stage_json(final)
             if done and done.get("key") == key and not force:
-                return key, done, True
+                damage = damaged_file(final, done)
+                if damage is None:
+                    return key, done, True
+                log(
+                    f"warning: the cached {stage.name} stage is damaged ({stage.folder}/{damage}): running it again"
+                )
             carried_s = 0.0
             if is_main_process():
                 prepare_partial_folder(tmp, key, log, resume=not force)  # --force means from scratch
@@ -155,14 +249,17 @@ def run_stage(
     runs_here = is_main_process() or getattr(stage, "distributed", False)
     try:
         result = stage.run(ctx, tmp) if runs_here else StageResult()
+    except ResourceError:
+        keep_only_checkpoints(tmp)
+        raise
     except EdgekdError:
         shutil.rmtree(tmp, ignore_errors=True)  # bad input or a failed check: nothing worth resuming
         raise
     except Exception as exc:
-        problem = resource_error(exc, run_dir, f"running the {stage.name} stage")
+        problem = stage_resource_error(exc, run_dir, f"running the {stage.name} stage")
         if problem is None:
             raise
-        shutil.rmtree(tmp, ignore_errors=True)  # half-written files only take the space the user must free
+        keep_only_checkpoints(tmp)
         raise problem from None
     if not is_main_process():
         barrier()  # rank 0 writes stage.json and renames the folder; then read its record
@@ -171,24 +268,30 @@ def run_stage(
         "stage": stage.name,
         "key": key,
         "inputs": input_keys,
-        "params": stage.params(recipe),
+        "params": params,
         "started_utc": started.isoformat(timespec="seconds"),
         "wall_time_s": round(time.perf_counter() - t0, 3),
         # Resumed from an interrupted run: the earlier invocations' work up to their last saved file.
         "carried_over_s": round(carried_s, 3),
         "edgekd_version": __version__,
         "metrics": result.metrics,
-        "files": sorted(
-            str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and p.name not in BOOKKEEPING_FILES
-        ),
     }
     try:
+        files = sorted(
+            str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and p.name not in BOOKKEEPING_FILES
+        )
+        record["files"] = files
+        record["file_checks"] = file_checks(tmp, files)
+        # On disk before stage.json says they are complete: a power cut after the rename must not leave a
+        # finished-looking stage with empty or truncated files.
+        sync_tree(tmp)
         # stage.json first, marker last: a partial folder with a matching stage.json is complete, so a run
         # killed before the swap below is finished by the next one instead of being redone.
         write_json(tmp / STAGE_FILE, record)
         (tmp / INVOCATION_FILE).unlink(missing_ok=True)
         (tmp / PARTIAL_MARKER).unlink(missing_ok=True)
         _swap_into_place(tmp, final)
+        sync_folder(run_dir)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _write_failure(exc, stage, run_dir, final) from None
@@ -202,6 +305,62 @@ def _write_failure(exc: OSError, stage: Stage, run_dir: Path, final: Path) -> Ed
     return resource_error(exc, run_dir, doing) or StageError(f"{doing} failed: {exc.strerror or exc}")
 
 
+# What torch.save (the Trainer's optimizer, scheduler and RNG files) raises when a write comes up short: its C++
+# stream writer reports no errno, so the system's "No space left on device" never reaches Python.
+_TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter failed writing", "file write failed")
+_TORCH_STREAM_ERROR = "basic_ios::clear"  # also raised for other stream errors: trusted only on a full disk
+NEARLY_FULL_BYTES = 64 << 20
+
+
+def stage_resource_error(exc: BaseException, run_dir: Path, doing: str) -> ResourceError | None:
+    """`resource_error`, plus torch's errno-less write failures, which on a checkpoint save mean a full disk."""
+    problem = resource_error(exc, run_dir, doing)
+    if problem is None and _is_torch_write_failure(exc, run_dir):
+        problem = resource_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), run_dir, doing)
+    return problem
+
+
+def _is_torch_write_failure(exc: BaseException, run_dir: Path) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current)
+        if isinstance(current, RuntimeError) and any(marker in text for marker in _TORCH_WRITE_FAILURES):
+            return True
+        if isinstance(current, RuntimeError) and _TORCH_STREAM_ERROR in text and _nearly_full(run_dir):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
+def keep_only_checkpoints(tmp: Path) -> None:
+    """What stays of a partial folder when the disk filled up: its complete training checkpoints (and its key),
+    so freeing space and running the same command resumes training; everything else is deleted to give the
+    space back. A folder with no complete checkpoint has nothing worth keeping and goes entirely."""
+    from edgekd.training import last_checkpoint
+
+    if not is_main_process() or not tmp.is_dir():
+        return  # under torchrun rank 0 alone tidies the run folder
+    if last_checkpoint(tmp / CHECKPOINTS_FOLDER) is None:  # it also deletes half-written checkpoints
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    for path in tmp.iterdir():
+        if path.name in (CHECKPOINTS_FOLDER, *BOOKKEEPING_FILES):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def finish_interrupted_swap(tmp: Path, final: Path, key: str, log: Callable[[str], None]) -> None:
     """Complete what a run killed inside `_swap_into_place` left: the previous folder parked at `.<name>.old`
     goes back into place, and a finished partial folder of the same key (its stage.json is written last
@@ -211,6 +370,11 @@ def finish_interrupted_swap(tmp: Path, final: Path, key: str, log: Callable[[str
         os.replace(old, final)
     finished = read_stage_json(tmp)
     if finished and finished.get("key") == key:
+        damage = damaged_file(tmp, finished)
+        if damage is not None:
+            # Its marker is gone, so `prepare_partial_folder` clears it and the stage runs again.
+            log(f"warning: the interrupted run in {tmp.name} is damaged ({damage}): running it again")
+            return
         log(f"finishing the interrupted run in {tmp.name}: it had completed")
         _swap_into_place(tmp, final)
 
@@ -273,9 +437,54 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON via a temporary file + rename, so readers never see half a file."""
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def write_atomically(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write a file through `<name>.tmp`, fsync it, then rename it into place: after a kill or a power cut
+    `path` is either the old file or the whole new one, never a truncated one."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written file would only hold space the user must free
+        raise
+    sync_folder(path.parent)
+
+
+def sync_tree(folder: Path) -> None:
+    """fsync every file and folder under `folder` (and itself), so a rename that follows publishes data that is
+    on the disk, not only in the page cache."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            _fsync(path, os.O_RDONLY)
+        elif path.is_dir() and not path.is_symlink():
+            sync_folder(path)
+    sync_folder(folder)
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder so the names created or renamed in it survive a power cut (a no-op where folders cannot
+    be opened, as on Windows)."""
+    with contextlib.suppress(OSError):
+        _fsync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise  # EIO, ENOSPC: the data did not reach the disk
+        # the file system or platform cannot fsync this kind of handle: nothing more to do
+    finally:
+        os.close(fd)
 
 
 def require_file(path: Path, what: str) -> Path:

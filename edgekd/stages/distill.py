@@ -48,12 +48,22 @@ from edgekd.models import (
     resolve_tokenizer,
 )
 from edgekd.recipe import DistillSpec, Recipe
-from edgekd.stage import StageContext, StageResult, fingerprint_path, read_stage_json, stable_hash, write_json
+from edgekd.stage import (
+    CHECKPOINTS_FOLDER,
+    StageContext,
+    StageResult,
+    fingerprint_path,
+    read_stage_json,
+    stable_hash,
+    write_atomically,
+    write_json,
+)
 from edgekd.training import (
     accuracy_metric,
     choose_precision,
     last_checkpoint,
     save_log_history,
+    save_model_then_drop_checkpoints,
     seed_everything,
     tokenize,
     training_arguments,
@@ -108,11 +118,12 @@ class DistillStage:
             if is_main_process():
                 write_json(out_dir / "search.json", record)
         else:
-            trained = train_student(student, tokenizer, spec, job, out_dir / "checkpoints")
+            trained = train_student(student, tokenizer, spec, job, out_dir / CHECKPOINTS_FOLDER)
         if is_main_process():
             save_log_history(trained.log_history, out_dir / "log_history.json")
-            trained.model.save_pretrained(out_dir / "model", safe_serialization=True)
-            tokenizer.save_pretrained(out_dir / "model")
+            save_model_then_drop_checkpoints(
+                trained.model, tokenizer, out_dir / "model", out_dir / CHECKPOINTS_FOLDER
+            )
         metrics = {**trained.metrics, "params": sum(p.numel() for p in trained.model.parameters())}
         return StageResult(metrics=metrics)
 
@@ -191,16 +202,40 @@ def cached_teacher_logits(
     )
     path = ctx.run_dir / "cache" / f"teacher_logits-{split}-{key}.npy"
     if path.is_file():
-        ctx.log(f"teacher logits for {split}: cached ({path.name})")
-        return np.load(path)
+        cached = load_cached_logits(path, len(texts))
+        if cached is not None:
+            ctx.log(f"teacher logits for {split}: cached ({path.name})")
+            return cached
+        ctx.log(
+            f"warning: the cached teacher logits {path} are truncated or unreadable: computing them again"
+        )
     t0 = time.perf_counter()
     logits = teacher_logits(teacher_dir, texts, recipe.data.max_length, split)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial.npy")
-    np.save(tmp, logits)
-    tmp.replace(path)  # a killed run never leaves a cache file that looks complete
+    # fsync'ed and renamed into place: a kill or power cut never leaves a cache file that looks complete
+    write_atomically(path, lambda handle: np.save(handle, logits))
     ctx.log(f"teacher logits for {split}: {len(logits)} rows in {time.perf_counter() - t0:.1f}s")
     return logits
+
+
+def load_cached_logits(path: Path, rows: int) -> Any:
+    """The logits stored at `path` when they are whole (one finite float32 row per text), else None.
+
+    A cache file cut short (a full disk, a copy that stopped, an older edgekd without fsync) must not block
+    every later run, `--force` included: the caller computes it again.
+    """
+    try:
+        logits = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    whole = (
+        logits.dtype == np.float32
+        and logits.ndim == 2
+        and logits.shape[0] == rows
+        and logits.shape[1] > 0
+        and bool(np.isfinite(logits).all())
+    )
+    return logits if whole else None
 
 
 def teacher_logits(teacher_dir: Path, texts: list[str], max_length: int, desc: str = "") -> Any:
@@ -326,7 +361,7 @@ def train_student(
         tokenizer: The student's tokenizer (pads the batches).
         spec: Distillation settings (the recipe's, or a search trial's variant of them).
         job: Data, intermediate-loss plan, precision and context shared by every run of the stage.
-        checkpoints: Trainer checkpoint folder, removed at the end.
+        checkpoints: Trainer checkpoint folder; the caller removes it once the trained model is saved.
         callbacks: Extra Trainer callbacks (the search's pruning callback).
         resume: Continue from a checkpoint an interrupted run left in `checkpoints`.
     """
@@ -369,9 +404,7 @@ def train_student(
     output = trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - t0
     final = trainer.evaluate()
-    barrier()  # every rank has loaded the best checkpoint before rank 0 deletes them
-    if is_main_process():
-        shutil.rmtree(checkpoints, ignore_errors=True)
+    barrier()  # every rank has loaded the best checkpoint before rank 0 deletes them (once the model is saved)
     trained = trainer.model.student if plan is not None else trainer.model
     metrics: dict[str, Any] = {
         "precision": job.precision,
@@ -411,7 +444,7 @@ def search_student(job: TrainJob, tokenizer: Any, out_dir: Path) -> tuple[Traine
     recipe = job.recipe
     spec = recipe.distill
     splits = load_splits(recipe.data, recipe.seed)
-    trial_root = out_dir / "checkpoints"
+    trial_root = out_dir / CHECKPOINTS_FOLDER
     trial_numbers = iter(range(spec.search.n_trials))
 
     def train_trial(params: dict[str, Any], callbacks: list[Any]) -> tuple[TrainedStudent, dict[str, Any]]:

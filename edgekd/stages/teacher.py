@@ -6,7 +6,6 @@ Out: model/ (Hugging Face folder with tokenizer), log_history.json, stage.json.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,14 @@ from edgekd.distributed import barrier, is_main_process, world_size
 from edgekd.errors import DataError
 from edgekd.models import build_from_config, load_classifier, model_labels, resolve_tokenizer
 from edgekd.recipe import Recipe
-from edgekd.stage import StageContext, StageResult, fingerprint_path
+from edgekd.stage import CHECKPOINTS_FOLDER, StageContext, StageResult, fingerprint_path
 from edgekd.training import (
     accuracy_metric,
     choose_precision,
     finite_loss_trainer_class,
     last_checkpoint,
     save_log_history,
+    save_model_then_drop_checkpoints,
     seed_everything,
     tokenize,
     training_arguments,
@@ -70,8 +70,9 @@ class TeacherStage:
                 )
             model, metrics = finetune(model, tokenizer, splits, recipe, out_dir, ctx)
         if is_main_process():
-            model.save_pretrained(out_dir / "model", safe_serialization=True)
-            tokenizer.save_pretrained(out_dir / "model")
+            save_model_then_drop_checkpoints(
+                model, tokenizer, out_dir / "model", out_dir / CHECKPOINTS_FOLDER
+            )
         metrics["params"] = sum(p.numel() for p in model.parameters())
         return StageResult(metrics=metrics)
 
@@ -103,7 +104,7 @@ def finetune(
     precision = choose_precision(spec.precision)
     train = tokenize(splits.dataset("train"), tokenizer, recipe.data.max_length)
     validation = tokenize(splits.dataset("validation"), tokenizer, recipe.data.max_length)
-    checkpoints = out_dir / "checkpoints"
+    checkpoints = out_dir / CHECKPOINTS_FOLDER
     args = training_arguments(
         checkpoints,
         epochs=spec.epochs,
@@ -140,10 +141,9 @@ def finetune(
     output = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
     final = trainer.evaluate()
-    barrier()  # every rank has loaded the best checkpoint before rank 0 deletes them
+    barrier()  # every rank has loaded the best checkpoint before rank 0 deletes them (once the model is saved)
     if is_main_process():
         save_log_history(trainer.state.log_history, out_dir / "log_history.json")
-        shutil.rmtree(checkpoints, ignore_errors=True)
     model = trainer.model.eval()
     return model, {
         "finetuned": True,
