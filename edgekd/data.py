@@ -1,8 +1,13 @@
-"""Dataset loading: a local folder of split files (jsonl, jsonl.gz, csv, parquet) or a Hub dataset id.
+"""Dataset loading: a local folder of split files (jsonl, jsonl.gz, json, csv, csv.gz, parquet) or a Hub
+dataset id.
 
 Every split comes out as a `datasets.Dataset` with two columns, `text` (str) and `label` (int id into
 `labels`), so the stages never see the source format. Problems are reported as `DataError` with the file
-and the row that is wrong.
+and the row that is wrong, and a hint that says what to change.
+
+Files are read as people save them: CSV from Excel (UTF-8 with a byte-order mark), CSV fields of any length,
+`.json` files that hold one array of objects as well as one object per line. A JSON text with a lone
+surrogate escape (`"\\ud800"`), which no tokenizer can encode, has it replaced with U+FFFD and one warning.
 """
 
 from __future__ import annotations
@@ -12,14 +17,15 @@ import gzip
 import io
 import json
 import random
+import re
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekd.errors import DataError, MissingDependencyError
+from edgekd.errors import DataError, MissingDependencyError, first_line
 from edgekd.recipe import DataSpec
 
 if TYPE_CHECKING:
@@ -31,6 +37,21 @@ SPLIT_ALIASES = {
     "test": ("test",),
 }
 SUFFIXES = (".jsonl.gz", ".jsonl", ".json", ".csv", ".csv.gz", ".parquet")
+
+# utf-8-sig reads plain UTF-8 unchanged and drops the byte-order mark Excel and Notepad put at the start, which
+# would otherwise become part of the first column's name.
+ENCODING = "utf-8-sig"
+# Python's csv module refuses fields over 131,072 characters, while the same text loads from JSON Lines; this is
+# the largest limit every platform's C long accepts.
+CSV_FIELD_LIMIT = 2**31 - 1
+# json.loads can only produce these from a `\udXXX` escape without its pair; tokenizers cannot encode them.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_READ_HINT = "check that the file is complete and readable (copy or download it again)"
+_JSONL_HINT = 'give each line one JSON object, e.g. {"text": "...", "label": "..."}'
+_JSON_HINT = "a .json file holds one array of objects, or one JSON object per line"
+_CSV_HINT = (
+    "put texts that contain commas, quotes or line breaks in double quotes (as spreadsheet exports do)"
+)
 
 
 @dataclass
@@ -79,12 +100,13 @@ def load_splits(spec: DataSpec, seed: int = 42, *, model_labels: Sequence[str] |
     Raises:
         DataError: missing split, empty file, bad rows, unknown labels, unreadable file.
     """
+    repaired: Counter[str] = Counter()
     if spec.hub is not None:
         raw, labels = _read_hub(spec)
         folder_labels = None
     else:
         folder = _find_folder(spec.path or "")
-        raw = {split: _read_split(folder, split, spec) for split in SPLIT_ALIASES}
+        raw = {split: _read_split(folder, split, spec, repaired) for split in SPLIT_ALIASES}
         folder_labels = _read_labels_file(folder)
         labels = spec.labels or folder_labels
     trainless = raw["train"] is None and model_labels is not None
@@ -131,7 +153,8 @@ def load_splits(spec: DataSpec, seed: int = 42, *, model_labels: Sequence[str] |
     )
     if not trainless:
         check_every_class_is_trained(result, capped=spec.limits.train is not None)
-    result.warnings = [w for w in (untested_classes_warning(result), overlap_warning(result)) if w]
+    checks = (surrogates_warning(repaired), untested_classes_warning(result), overlap_warning(result))
+    result.warnings = [w for w in checks if w]
     return result
 
 
@@ -147,6 +170,18 @@ def check_every_class_is_trained(splits: Splits, capped: bool) -> None:
         if capped:
             hint = "raise data.limits.train, " + hint
         raise DataError(f"{len(missing)} class(es) have no train rows: {_names(missing)}", hint=hint)
+
+
+def surrogates_warning(repaired: Counter[str]) -> str | None:
+    """Lone surrogates are replaced rather than refused: one broken emoji should not stop a run, but the user
+    should know the text they train on is not byte for byte their file."""
+    if not repaired:
+        return None
+    files = ", ".join(f"{name}: {n}" for name, n in sorted(repaired.items()))
+    return (
+        f"{sum(repaired.values())} row(s) held lone UTF-16 surrogates (such as \\ud800), which no tokenizer can "
+        f"encode; replaced them with U+FFFD ({files})"
+    )
 
 
 def untested_classes_warning(splits: Splits) -> str | None:
@@ -205,74 +240,163 @@ def _read_labels_file(folder: Path) -> list[str] | None:
     if not path.is_file():
         return None
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding=ENCODING)
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start})", hint="re-encode it as UTF-8") from None
     except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}", hint=_READ_HINT) from None
     labels = [line.strip() for line in text.splitlines() if line.strip()]
     if not labels:
         raise DataError(f"{path}: no class names", hint="list one class name per line, or delete the file")
     duplicates = sorted({name for name in labels if labels.count(name) > 1})
     if duplicates:
-        raise DataError(f"{path}: duplicate class names: {_names(duplicates)}")
+        raise DataError(
+            f"{path}: duplicate class names: {_names(duplicates)}", hint="list each class name once"
+        )
     return labels
 
 
-def _read_split(folder: Path, split: str, spec: DataSpec) -> list[tuple[str, Any]] | None:
+def _read_split(
+    folder: Path, split: str, spec: DataSpec, repaired: Counter[str]
+) -> list[tuple[str, Any]] | None:
     path = _split_file(folder, split)
     if path is None:
         return None
     try:
-        records = list(_read_records(path))
+        records = list(_read_records(path, repaired))
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{path}: not UTF-8 text (byte {exc.start})", hint="re-encode the file as UTF-8"
         ) from None
-    except (OSError, EOFError, zlib.error, csv.Error) as exc:
-        raise DataError(f"{path}: cannot read: {exc}") from None
-    except ValueError as exc:  # pyarrow's ArrowInvalid for a file that is not parquet
-        raise DataError(f"{path}: cannot read: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: cannot read as CSV: {first_line(exc)}", hint=_CSV_HINT) from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read: {first_line(exc)}", hint=_READ_HINT) from None
     if not records:
-        raise DataError(f"{path}: the file has no rows")
-    rows = []
-    for i, record in enumerate(records, start=1):
-        if not isinstance(record, dict):
-            raise DataError(f"{path}: row {i} is not an object with named columns")
-        for column in (spec.text_column, spec.label_column):
-            if column not in record:
-                found = ", ".join(map(str, record))
-                raise DataError(
-                    f"{path}: row {i} has no column '{column}' (columns: {found})",
-                    hint="set data.text_column / data.label_column",
-                )
-        text = record[spec.text_column]
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{path}: row {i} has an empty or non-text '{spec.text_column}': {text!r}")
-        rows.append((text, record[spec.label_column]))
-    return rows
+        raise DataError(f"{path}: the file has no rows", hint="add rows to it, or remove the file")
+    return [_row(path, i, record, spec) for i, record in enumerate(records, start=1)]
 
 
-def _read_records(path: Path) -> Any:
+def _row(path: Path, i: int, record: Any, spec: DataSpec) -> tuple[str, Any]:
+    """(text, label) of one record, or a DataError naming the file, the row and what to change."""
+    if not isinstance(record, dict):
+        hint = 'give each row named columns, e.g. {"text": "...", "label": "..."}'
+        if isinstance(record, list) and not path.name.endswith(".json"):
+            hint = "a file that holds one JSON array of rows must be named .json"
+        raise DataError(f"{path}: row {i} is not an object with named columns", hint=hint)
+    for column in (spec.text_column, spec.label_column):
+        if column not in record:
+            found = ", ".join(repr(str(name)) for name in record)
+            raise DataError(
+                f"{path}: row {i} has no column '{column}' (columns: {found})",
+                hint="set data.text_column / data.label_column",
+            )
+        if record[column] is None and _is_csv(path):
+            # csv.DictReader fills the columns a short row lacks with None.
+            width = sum(1 for name, value in record.items() if name is not None and value is not None)
+            raise DataError(
+                f"{path}: row {i} has {width} of {len(record)} fields (no '{column}')",
+                hint=f"complete row {i} (row 1 is the first after the header); {_CSV_HINT}",
+            )
+    text, label = record[spec.text_column], record[spec.label_column]
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(
+            f"{path}: row {i} has an empty or non-text '{spec.text_column}': {_preview(text)}",
+            hint="give every row a non-empty text, or remove the row",
+        )
+    if label is None or isinstance(label, (list, dict)):
+        raise DataError(
+            f"{path}: row {i} has no single class in '{spec.label_column}': {_preview(label)}",
+            hint="give every row one class name (or id), or remove the row",
+        )
+    return text, label
+
+
+def _preview(value: Any, limit: int = 60) -> str:
+    """A short, one-line description of a cell: containers are named, not printed (they can be huge or nested
+    deeper than repr can go)."""
+    if isinstance(value, (list, dict)):
+        return f"a JSON {'array' if isinstance(value, list) else 'object'}"
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def _is_csv(path: Path) -> bool:
+    return ".csv" in path.name
+
+
+def _read_records(path: Path, repaired: Counter[str] | None = None) -> Iterator[Any]:
+    """The rows of one file, in order. JSON rows have lone surrogates in their string values replaced with
+    U+FFFD; `repaired[path.name]` counts the rows that had any.
+
+    Raises:
+        DataError: a row that is not JSON or is nested too deeply, a file that is not parquet.
+        UnicodeDecodeError, OSError, EOFError, zlib.error, csv.Error: left to the caller, which names the file.
+    """
     name = path.name
     if name.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        yield from pq.read_table(path).to_pylist()
+        yield from _read_parquet(path)
         return
     opener = gzip.open if name.endswith(".gz") else open
     with opener(path, "rb") as fh:
-        text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
-        if ".csv" in name:
+        text = io.TextIOWrapper(fh, encoding=ENCODING, newline="")
+        if _is_csv(path):
+            csv.field_size_limit(CSV_FIELD_LIMIT)
             yield from csv.DictReader(text)
             return
-        for lineno, line in enumerate(text, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {lineno} is not valid JSON: {exc.msg}") from None
+        lines: Iterable[str] = text
+        if name.endswith(".json"):
+            content = text.read()
+            if content.lstrip().startswith("["):
+                rows = _parse_json(path, content, "the file", _JSON_HINT)
+                yield from (_without_lone_surrogates(row, name, repaired) for row in rows)
+                return
+            lines = io.StringIO(content, newline="")  # one object per line, as in .jsonl
+        hint = _JSON_HINT if name.endswith(".json") else _JSONL_HINT
+        for lineno, line in enumerate(lines, start=1):
+            if line.strip():
+                row = _parse_json(path, line, f"line {lineno}", hint)
+                yield _without_lone_surrogates(row, name, repaired)
+
+
+def _read_parquet(path: Path) -> list[dict[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, ValueError) as exc:  # ArrowInvalid for a file that is not parquet
+        raise DataError(
+            f"{path}: cannot read as parquet: {first_line(exc)}",
+            hint="write the file again (pandas DataFrame.to_parquet or pyarrow), or use .jsonl / .csv",
+        ) from None
+    return rows
+
+
+def _parse_json(path: Path, text: str, where: str, hint: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        at = f" (line {exc.lineno}, column {exc.colno})" if where == "the file" else f" (column {exc.colno})"
+        raise DataError(f"{path}: {where} is not valid JSON: {exc.msg}{at}", hint=hint) from None
+    except RecursionError:
+        raise DataError(
+            f"{path}: {where} is nested too deeply to read (arrays or objects inside each other)",
+            hint="keep each row flat: " + _JSONL_HINT,
+        ) from None
+
+
+def _without_lone_surrogates(row: Any, name: str, repaired: Counter[str] | None) -> Any:
+    if not isinstance(row, dict):
+        return row
+    changed = False
+    for key, value in row.items():
+        if isinstance(value, str) and _LONE_SURROGATE.search(value):
+            row[key] = _LONE_SURROGATE.sub("\ufffd", value)
+            changed = True
+    if changed and repaired is not None:
+        repaired[name] += 1
+    return row
 
 
 def _read_hub(spec: DataSpec) -> tuple[dict[str, list[tuple[str, Any]] | None], list[str] | None]:
@@ -284,7 +408,10 @@ def _read_hub(spec: DataSpec) -> tuple[dict[str, list[tuple[str, Any]] | None], 
     try:
         dsd = load_dataset(spec.hub, spec.hub_config)
     except Exception as exc:  # the hub client raises many types; the message is what matters
-        raise DataError(f"cannot load Hub dataset '{spec.hub}': {exc}".splitlines()[0]) from None
+        raise DataError(
+            f"cannot load Hub dataset '{spec.hub}': {first_line(exc)}",
+            hint="check data.hub and data.hub_config, or set data.path to a local folder",
+        ) from None
     labels = spec.labels
     raw: dict[str, list[tuple[str, Any]] | None] = {}
     for split, aliases in SPLIT_ALIASES.items():

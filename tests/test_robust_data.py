@@ -71,10 +71,6 @@ BAD_DATA: dict[str, tuple[dict[str, bytes], str]] = {
     "duplicate labels": ({"train.jsonl": TRAIN, "test.jsonl": TEST, "labels.txt": b"a\nb\na\n"}, "duplicate"),
     "corrupt gzip": ({"train.jsonl.gz": b"\x1f\x8b\x08\x00garbage", "test.jsonl": TEST}, "cannot read"),
     "truncated gzip": ({"train.jsonl.gz": gzip.compress(TRAIN)[:30], "test.jsonl": TEST}, "cannot read"),
-    "csv field too large": (
-        {"train.csv": b'text,label\n"' + b"x" * 200_000 + b'",a\n', "test.jsonl": TEST},
-        "field limit",
-    ),
     "not parquet": ({"train.parquet": b"not a parquet file", "test.jsonl": TEST}, "cannot read"),
 }
 
