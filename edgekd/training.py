@@ -107,7 +107,7 @@ def training_arguments(
         report_to=[],
         save_safetensors=True,
         dataloader_num_workers=0,
-        disable_tqdm=False,
+        disable_tqdm=True,  # edgekd.progress shows training instead (labelled, to stderr)
     )
 
 
@@ -207,7 +207,13 @@ def finite_loss_trainer_class(what: str, hint: str) -> Any:
     """
     from transformers import Trainer
 
+    from edgekd.progress import show_training_progress
+
     class FiniteLossTrainer(Trainer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            show_training_progress(self, f"teacher {what}")
+
         def compute_loss(
             self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
         ) -> Any:

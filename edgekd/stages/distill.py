@@ -241,7 +241,8 @@ def load_cached_logits(path: Path, rows: int) -> Any:
 def teacher_logits(teacher_dir: Path, texts: list[str], max_length: int, desc: str = "") -> Any:
     """Batched fp32 teacher inference, sorted by length so batches carry little padding."""
     import torch
-    from tqdm.auto import tqdm
+
+    from edgekd.progress import track
 
     model = load_classifier(str(teacher_dir)).eval()
     tokenizer = load_tokenizer(str(teacher_dir))
@@ -249,7 +250,8 @@ def teacher_logits(teacher_dir: Path, texts: list[str], max_length: int, desc: s
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     batch = 64
     with torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch), desc=f"teacher logits {desc}", unit="batch"):
+        starts = range(0, len(order), batch)
+        for start in track(starts, len(starts), f"teacher logits ({desc or 'texts'})", "batches"):
             idx = order[start : start + batch]
             enc = tokenizer(
                 [texts[i] for i in idx],
@@ -485,9 +487,12 @@ def make_distill_trainer(
     import torch
     from transformers import Trainer
 
+    from edgekd.progress import show_training_progress
+
     class DistillTrainer(Trainer):
         def __init__(self, *a: Any, **kw: Any) -> None:
             super().__init__(*a, **kw)
+            show_training_progress(self, "student distillation")
             # Our loss is a per-batch mean, so let the Trainer do gradient-accumulation scaling itself
             # instead of expecting a sum divided by `num_items_in_batch`.
             self.model_accepts_loss_kwargs = False
