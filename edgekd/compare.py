@@ -15,18 +15,27 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from edgekd.errors import InputError
+from edgekd.errors import InputError, first_line
 
 REPORT_FILE = "report.json"
+REPORT_HINT = "pass the report.json that `edgekd compress` or `edgekd benchmark` wrote (or its folder)"
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """`value` when it is a JSON object, else empty: a report edited by hand must not crash the comparison."""
+    return value if isinstance(value, Mapping) else {}
+
+
 # (label, how to read it from a variant, digits, unit)
 METRICS: tuple[tuple[str, Callable[[Mapping[str, Any]], Any], int, str], ...] = (
     ("accuracy", lambda v: v.get("accuracy"), 4, ""),
-    ("p50 ms", lambda v: (v.get("latency_ms") or {}).get("p50"), 3, ""),
-    ("p90 ms", lambda v: (v.get("latency_ms") or {}).get("p90"), 3, ""),
+    ("p50 ms", lambda v: _mapping(v.get("latency_ms")).get("p50"), 3, ""),
+    ("p90 ms", lambda v: _mapping(v.get("latency_ms")).get("p90"), 3, ""),
     (
         "size MB",
-        lambda v: v["size_bytes"] / 1e6 if isinstance(v.get("size_bytes"), int | float) else None,
+        lambda v: size / 1e6 if (size := _float(v.get("size_bytes"))) is not None else None,
         2,
         "",
     ),
@@ -94,15 +103,21 @@ def load_report(path: str | Path) -> dict[str, Any]:
     """Read a report.json.
 
     Raises:
-        InputError: When it is missing, not JSON, or has no variants.
+        InputError: When it is missing, not JSON, has no variants, or a variant is not an object with a name.
     """
     file = resolve_report(path)
     try:
         report = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {file}: {exc}") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise InputError(f"cannot read {file}: {first_line(exc)}", hint=REPORT_HINT) from None
     if not isinstance(report, dict) or not isinstance(report.get("variants"), list):
-        raise InputError(f"{file} is not an edgekd report (no 'variants' list)")
+        raise InputError(f"{file} is not an edgekd report (no 'variants' list)", hint=REPORT_HINT)
+    for i, variant in enumerate(report["variants"]):
+        if not isinstance(variant, dict) or not isinstance(variant.get("name"), str) or not variant["name"]:
+            raise InputError(
+                f"{file}: variants[{i}] is not a model's record (an object with a 'name')",
+                hint=f"{REPORT_HINT}; a hand-edited file must keep one object per model",
+            )
     return report
 
 
@@ -152,25 +167,25 @@ def pair_variants(
 
 def environment_facts(report: Mapping[str, Any]) -> dict[str, str]:
     """The settings that shape the numbers, flattened to `key: text` (CPU, flags, libraries, threads, ...)."""
-    env = report.get("environment") or {}
-    cpu = env.get("cpu") or {}
-    bench = report.get("benchmark") or {}
+    env = _mapping(report.get("environment"))
+    cpu = _mapping(env.get("cpu"))
+    bench = _mapping(report.get("benchmark"))
     facts = {
         "cpu.model": cpu.get("model"),
         "cpu.usable_cores": cpu.get("usable_cores"),
         "cpu.logical_cores": cpu.get("logical_cores"),
-        "cpu.flags": ",".join(sorted(k for k, v in (cpu.get("flags") or {}).items() if v)),
+        "cpu.flags": ",".join(sorted(str(k) for k, v in _mapping(cpu.get("flags")).items() if v)),
         "python": env.get("python"),
         "platform": env.get("platform"),
         "benchmark.threads": bench.get("threads"),
         "benchmark.max_length": bench.get("max_length"),
         "benchmark.batch_size": bench.get("batch_size"),
         "benchmark.latency_samples": bench.get("latency_samples"),
-        "threads.throughput": (env.get("threads") or {}).get("throughput_threads"),
+        "threads.throughput": _mapping(env.get("threads")).get("throughput_threads"),
     }
-    for name, version in (env.get("versions") or {}).items():
+    for name, version in _mapping(env.get("versions")).items():
         facts[f"version.{name}"] = version
-    for name, value in (env.get("thread_env") or {}).items():
+    for name, value in _mapping(env.get("thread_env")).items():
         facts[f"env.{name}"] = value
     return {key: "–" if value is None else str(value) for key, value in facts.items()}
 
@@ -188,14 +203,17 @@ def environment_changes(report_a: Mapping[str, Any], report_b: Mapping[str, Any]
 
 def print_comparison(comparison: Comparison, console: Console) -> None:
     """Two rich tables: per-model metrics A → B, then the environment differences."""
-    console.print(f"A: {comparison.path_a}\nB: {comparison.path_b}", highlight=False, soft_wrap=True)
+    # markup=False and Text cells: paths, model names and versions come from the files and may hold [brackets].
+    console.print(
+        f"A: {comparison.path_a}\nB: {comparison.path_b}", highlight=False, soft_wrap=True, markup=False
+    )
     table = Table(title="per model: A → B")
     for column in ("variant", "metric", "A", "B", "Δ", "Δ %"):
         table.add_column(column, justify="left" if column in ("variant", "metric") else "right")
     previous = None
     for change in comparison.metrics:
         table.add_row(
-            change.variant if change.variant != previous else "",
+            Text(change.variant if change.variant != previous else ""),
             change.metric,
             _fmt(change.a, change.digits, change.unit),
             _fmt(change.b, change.digits, change.unit),
@@ -206,7 +224,7 @@ def print_comparison(comparison: Comparison, console: Console) -> None:
     console.print(table)
     for side, names in (("A", comparison.only_in_a), ("B", comparison.only_in_b)):
         if names:
-            console.print(f"only in {side}: {', '.join(names)}")
+            console.print(f"only in {side}: {', '.join(names)}", markup=False)
     if not comparison.environment:
         console.print("environment: no differences")
         return
@@ -214,12 +232,17 @@ def print_comparison(comparison: Comparison, console: Console) -> None:
     for column in ("setting", "A", "B"):
         env_table.add_column(column)
     for env_change in comparison.environment:
-        env_table.add_row(env_change.key, env_change.a, env_change.b)
+        env_table.add_row(Text(env_change.key), Text(env_change.a), Text(env_change.b))
     console.print(env_table)
 
 
 def _float(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an integer of hundreds of digits in a hand-edited report
+        return None
 
 
 def _fmt(value: float | None, digits: int, unit: str, signed: bool = False) -> str:

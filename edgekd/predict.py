@@ -9,8 +9,9 @@ Input rules (documented in `edgekd predict --help`):
   file are skipped (a trailing newline is not a text); an empty string given as an argument is classified like
   any text (from [CLS] [SEP] alone) and a note says so.
 * Texts longer than the model's max_length are truncated (the end is cut), with one note for the whole call.
-* A file that is not UTF-8, a folder without model/tokenizer/labels, or a model whose inputs or vocabulary do
-  not match its tokenizer is an `InputError`: one line, exit code 2, no traceback.
+* A file or an argument that is not UTF-8, a folder without model/tokenizer/labels, a model whose inputs,
+  outputs or vocabulary do not match its tokenizer and labels, or a thread count far above the cores is an
+  `InputError`: one line and a hint, exit code 2, no traceback.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.errors import InputError
-from edgekd.runtime import Classifier, Prediction, TruncationWarning
+from edgekd.runtime import Classifier, Prediction, TruncationWarning, check_encodable, check_thread_count
 
 MAX_SHOWN_CHARS = 70
 
@@ -34,6 +35,9 @@ def read_texts(texts: list[str], file: Path | None) -> list[str]:
     Raises:
         InputError: the file is missing, unreadable or not UTF-8, or there is no text at all.
     """
+    for i, text in enumerate(texts, start=1):
+        # Python turns bytes of an argument that are not UTF-8 into lone surrogates the tokenizer refuses.
+        check_encodable(text, f"text argument {i}")
     collected = list(texts)
     if file is not None:
         collected.extend(line for line in _read_lines(file) if line.strip())
@@ -44,11 +48,27 @@ def read_texts(texts: list[str], file: Path | None) -> list[str]:
     return collected
 
 
+def check_options(threads: int | None, batch_size: int) -> None:
+    """Refuse option values before any text is read or model loaded (the CLI leaves ranges to this).
+
+    Raises:
+        InputError: threads outside 1..(4 x cores), or a batch size below 1.
+    """
+    if threads is not None:
+        check_thread_count(threads, "--threads")
+    if batch_size < 1:
+        raise InputError(
+            f"--batch-size must be at least 1, got {batch_size}", hint="use e.g. --batch-size 32"
+        )
+
+
 def _read_lines(file: Path) -> list[str]:
     try:
         data = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
     except OSError as exc:
-        raise InputError(f"cannot read {file}: {exc.strerror or exc}") from None
+        raise InputError(
+            f"cannot read {file}: {exc.strerror or exc}", hint="pass a readable text file, one text per line"
+        ) from None
     try:
         text = data.decode("utf-8-sig")  # a BOM from Windows editors is not part of the first text
     except UnicodeDecodeError as exc:
@@ -85,6 +105,7 @@ def predict_command(
     note: Callable[[str], None],
 ) -> None:
     """What `edgekd predict` does: read, classify, print (results to `echo`, remarks to `note`)."""
+    check_options(threads, batch_size)
     batch = read_texts(texts, file)
     classifier, predictions, truncated = classify(folder, batch, threads, batch_size)
     if truncated:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from edgekd.errors import InputError
+from edgekd.errors import InputError, MissingDependencyError, first_line
 
 ONNX_MODEL_FILE = "model.onnx"
 CONFIG_FILES = ("config.json", "edgekd.json")
@@ -28,6 +28,7 @@ TOKENIZER_FILES = (
     "tokenizer.model",
 )
 PYTORCH_WEIGHT_PATTERNS = ("*.safetensors", "model.safetensors.index.json")
+SAFETENSORS_HINT = "save the model with save_pretrained(folder) (safetensors weights)"
 
 # Inputs that carry quantization scales / zero points rather than weights, by operator (0-based positions).
 QUANT_PARAM_SLOTS: dict[str, tuple[int, ...]] = {
@@ -64,7 +65,7 @@ def model_files(folder: str | Path, onnx: bool) -> list[Path]:
             {p for pattern in PYTORCH_WEIGHT_PATTERNS for p in root.glob(pattern) if p.is_file()}
         )
         if not any(p.suffix == ".safetensors" for p in weights):
-            raise InputError(f"{root} has no model weights (*.safetensors)")
+            raise InputError(f"{root} has no model weights (*.safetensors)", hint=SAFETENSORS_HINT)
     extras = [root / name for name in (*CONFIG_FILES, *TOKENIZER_FILES) if (root / name).is_file()]
     return sorted(set(weights) | set(extras))
 
@@ -84,7 +85,10 @@ def folder_size(folder: str | Path, onnx: bool = True) -> int:
         try:
             total += path.stat().st_size
         except OSError:
-            raise InputError(f"the model file {path} is missing or unreadable") from None
+            raise InputError(
+                f"the model file {path} is missing or unreadable",
+                hint="copy the whole model folder, with every file the graph refers to",
+            ) from None
     return total
 
 
@@ -101,14 +105,16 @@ def onnx_model_path(folder: Path) -> Path:
     if len(candidates) == 1:
         return candidates[0]
     found = ", ".join(p.name for p in candidates) or "none"
-    raise InputError(f"{folder}: cannot tell which ONNX graph is the model (found: {found})")
+    raise InputError(
+        f"{folder}: cannot tell which ONNX graph is the model (found: {found})",
+        hint="keep one .onnx file in the folder, or name the model's graph model.onnx",
+    )
 
 
 def external_data_files(onnx_path: str | Path) -> list[str]:
     """File names (relative to the graph's folder) that hold the graph's external tensor data."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    onnx = _import_onnx()
+    model = _load_graph(onnx, onnx_path)
     locations: set[str] = set()
     for tensor in _initializers(model.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
@@ -125,9 +131,8 @@ def param_count_onnx(onnx_path: str | Path) -> int:
     counts unique stored tensors (a randomly initialised model, whose LayerNorm weights are all equal, counts
     fewer than its PyTorch twin; a trained one the same).
     """
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    onnx = _import_onnx()
+    model = _load_graph(onnx, onnx_path)
     quant_params = _quantization_parameter_names(model.graph)
     counted_types = _weight_tensor_types()
     total = 0
@@ -150,7 +155,7 @@ def param_count_safetensors(folder: str | Path) -> int:
 
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
-        raise InputError(f"{folder} has no model weights (*.safetensors)")
+        raise InputError(f"{folder} has no model weights (*.safetensors)", hint=SAFETENSORS_HINT)
     total = 0
     for path in files:
         with safe_open(str(path), framework="np") as handle:
@@ -167,6 +172,29 @@ def param_count(folder: str | Path, onnx: bool) -> int:
     if onnx:
         return param_count_onnx(onnx_model_path(Path(folder)))
     return param_count_safetensors(folder)
+
+
+def _import_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError:
+        raise MissingDependencyError("onnx") from None
+    return onnx
+
+
+def _load_graph(onnx: Any, onnx_path: str | Path) -> Any:
+    """The graph without its external data.
+
+    Raises:
+        InputError: the file is not an ONNX model (damaged, truncated or something else).
+    """
+    try:
+        return onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # protobuf and onnx raise their own error types per failure
+        raise InputError(
+            f"cannot read the ONNX graph {onnx_path}: {first_line(exc)}",
+            hint="the file is damaged or not an ONNX model: copy or export the folder again",
+        ) from None
 
 
 def _initializers(graph: Any) -> Iterable[Any]:

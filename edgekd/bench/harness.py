@@ -19,16 +19,18 @@ How the measurements are taken:
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
+from warnings import catch_warnings, simplefilter
 
 import numpy as np
 
@@ -49,8 +51,16 @@ from edgekd.envinfo import (
     other_processes_cores,
     usable_cores,
 )
-from edgekd.errors import DataError, InputError
-from edgekd.recipe import DataSpec, GatesSpec
+from edgekd.errors import (
+    DataError,
+    InputError,
+    ResourceError,
+    RunLockedError,
+    first_line,
+    resource_error,
+)
+from edgekd.progress import TaskProgress
+from edgekd.recipe import SEED_LIMIT, DataSpec, GatesSpec
 from edgekd.report import evaluate_gates, write_report_md
 from edgekd.size import folder_size, onnx_model_path, param_count
 from edgekd.stage import write_json
@@ -62,7 +72,17 @@ BUSY_CORE_SHARE = 0.5
 IDLE_CHECK_SECONDS = 1.0
 # Texts used for the throughput measurement (cycled when the test split is smaller).
 THROUGHPUT_TEXTS = 256
+ACCURACY_CHUNK = 1024  # texts per request of the accuracy pass: its progress is shown per chunk
 THROUGHPUT_ROUNDS = 2
+# What a report folder holds; files of a previous report there are removed before a new one is written.
+REPORT_FILES = ("report.json", "report.md", "report.html")
+RAW_DIR = "raw"
+LOCK_FILE = ".lock"
+# Above this, a request count is a typo, and would take hours or the memory to draw the sample.
+MAX_REQUESTS = 1_000_000
+FOLDER_HINT = (
+    "pass a model folder: an edgekd export/quantize folder or a Hugging Face folder with safetensors"
+)
 
 
 @dataclass(frozen=True)
@@ -162,8 +182,12 @@ def benchmark_folders(
     relative_to: Path | None = None,
     stage_times: Sequence[Mapping[str, Any]] = (),
     log: Callable[[str], None] = print,
+    lock: bool = False,
 ) -> dict[str, Any]:
     """Measure every model, compare each with the first, judge the candidate and write the report files.
+
+    Everything that can be checked is checked before the first measurement: settings, the report folder,
+    every model folder (ONNX graphs are loaded once and must give one output per class name) and the labels.
 
     Args:
         models: The folders to measure; the first is the reference.
@@ -177,29 +201,77 @@ def benchmark_folders(
         relative_to: Model folders are shown relative to this folder in the report (when inside it).
         stage_times: For a pipeline run, the wall time of each stage before the benchmark (where the time went).
         log: Where progress lines go.
+        lock: Hold a lock on `out_dir` (its .lock file) from before the first measurement to the last file
+            written, so that two benchmarks cannot mix their files in one folder (`edgekd benchmark`; a
+            pipeline run holds the run folder's lock instead).
 
     Returns:
         The report (the content of report.json).
 
     Raises:
         InputError, DataError: A folder is not a model, the labels do not match, or a setting is impossible.
+        RunLockedError: Another benchmark is writing into `out_dir` (with `lock`).
+        ResourceError: `out_dir` cannot be written.
         StageError: A worker failed.
     """
     check_settings(settings, len(models))
     check_names([m.name for m in models])
     candidate = candidate or models[-1].name
     if candidate not in {m.name for m in models}:
-        raise InputError(f"the candidate {candidate!r} is not one of the measured models")
+        raise InputError(
+            f"the candidate {candidate!r} is not one of the measured models",
+            hint=f"name one of: {', '.join(m.name for m in models)}",
+        )
+    check_output_dir(out_dir)
+    labels = {model.name: check_model_folder(model.folder, model.format) for model in models}
     from edgekd.data import load_splits
 
     # Measuring finished models needs no train split; the reference model then names the classes.
-    splits = load_splits(data, settings.seed, model_labels=declared_labels(models[0].folder))
+    splits = load_splits(data, settings.seed, model_labels=labels[models[0].name])
     texts, gold = splits.texts("test"), splits.label_ids("test")
     oos = check_out_of_scope_label(settings.out_of_scope_label, splits.labels)
     for model in models:
-        check_model_folder(model.folder, model.format)
-        check_labels(declared_labels(model.folder), splits.labels, model.name)
+        check_labels(labels[model.name], splits.labels, model.name)
     latency_idx = latency_sample_indices(len(texts), settings.latency_samples, settings.seed)
+    with report_folder_lock(out_dir) if lock else nullcontext():
+        return _measure_and_report(
+            models,
+            out_dir,
+            settings,
+            gates,
+            title=title,
+            candidate=candidate,
+            texts=texts,
+            gold=gold,
+            labels=splits.labels,
+            latency_texts=[texts[i] for i in latency_idx],
+            oos=oos,
+            training_logs=training_logs or {},
+            relative_to=relative_to,
+            stage_times=stage_times,
+            log=log,
+        )
+
+
+def _measure_and_report(
+    models: Sequence[ModelSpec],
+    out_dir: Path,
+    settings: HarnessSettings,
+    gates: GatesSpec,
+    *,
+    title: str,
+    candidate: str,
+    texts: list[str],
+    gold: list[int],
+    labels: list[str],
+    latency_texts: list[str],
+    oos: int | None,
+    training_logs: Mapping[str, Path],
+    relative_to: Path | None,
+    stage_times: Sequence[Mapping[str, Any]],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The measuring and writing half of `benchmark_folders`, on inputs that were checked."""
     # Taken before the workers start, so they show what else the machine was doing.
     env = environment()
     env["other_processes_cores"] = {"at_start": other_processes_cores_now()}
@@ -207,13 +279,13 @@ def benchmark_folders(
     warnings += [w for m in models if m.format == "onnx" for w in max_length_warnings(m, settings.max_length)]
 
     start = cpu_snapshot()
-    measured = measure_models(models, texts, [texts[i] for i in latency_idx], settings, log)
+    measured = measure_models(models, texts, latency_texts, settings, log)
     env["other_processes_cores"]["during"] = other_processes_cores(start, cpu_snapshot())
     env["load_average_after"] = load_average()
     env["threads"] = thread_settings(settings, measured)
     warnings += busy_after_warnings(env)
 
-    variants = variant_records(models, measured, gold, splits.labels, relative_to, oos)
+    variants = variant_records(models, measured, gold, labels, relative_to, oos)
     for record in variants:
         log(
             f"  {record['name']}: accuracy {record['accuracy']:.4f}, "
@@ -225,7 +297,7 @@ def benchmark_folders(
     )
     if stage_times:
         report["stage_times"] = [dict(t) for t in stage_times]
-    write_report_files(report, measured, out_dir, training_logs or {})
+    write_report_files(report, measured, out_dir, training_logs)
     for warning in warnings:
         log(f"  warning: {warning}")
     return report
@@ -237,16 +309,107 @@ def write_report_files(
     out_dir: Path,
     training_logs: Mapping[str, Path],
 ) -> None:
-    """report.json, report.md, report.html and raw/<name>.json (per-request latencies and predictions)."""
+    """report.json, report.md, report.html and raw/<name>.json (per-request latencies and predictions).
+
+    The files of a previous report in `out_dir` are removed first, so that raw/ holds only this report's
+    models; report.json is written last, so a folder with a report.json holds a whole report.
+
+    Raises:
+        ResourceError: The disk is full or the folder cannot be written.
+        InputError: Another failure to write in `out_dir`.
+    """
     from edgekd.html_report import read_training_logs, write_report_html
 
-    raw_dir = out_dir / "raw"
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    for name, result in measured.items():
-        write_json(raw_dir / f"{name}.json", raw_record(result))
-    write_json(out_dir / "report.json", report)
-    write_report_md(report, out_dir / "report.md")
-    write_report_html(report, out_dir / "report.html", read_training_logs(training_logs))
+    with writing_report(out_dir):
+        clear_previous_report(out_dir)
+        raw_dir = out_dir / RAW_DIR
+        raw_dir.mkdir(parents=True, exist_ok=True)
+        for name, result in measured.items():
+            write_json(raw_dir / f"{name}.json", raw_record(result))
+        write_report_md(report, out_dir / "report.md")
+        write_report_html(report, out_dir / "report.html", read_training_logs(training_logs))
+        write_json(out_dir / "report.json", report)
+
+
+def clear_previous_report(out_dir: Path) -> None:
+    """Remove the files an earlier report left in `out_dir` (only files a report writes; nothing else)."""
+    for name in REPORT_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    raw_dir = out_dir / RAW_DIR
+    if raw_dir.is_dir():
+        for path in raw_dir.glob("*.json"):
+            path.unlink()
+
+
+@contextmanager
+def writing_report(out_dir: Path, doing: str = "writing the benchmark report") -> Iterator[None]:
+    """An OSError while writing in `out_dir` as one line: ResourceError (disk full, not writable), else
+    InputError about the folder."""
+    try:
+        yield
+    except OSError as exc:
+        problem = resource_error(exc, out_dir, doing) or InputError(
+            f"{doing} in {out_dir} failed: {exc.strerror or exc}",
+            hint="choose another report folder with --output-dir",
+        )
+        raise problem from None
+
+
+@contextmanager
+def report_folder_lock(out_dir: Path) -> Iterator[None]:
+    """Create `out_dir` and hold its lock: one benchmark per report folder, refused before it measures.
+
+    Raises:
+        RunLockedError: Another process holds the lock.
+    """
+    from filelock import FileLock, Timeout
+
+    with writing_report(out_dir, "creating the report folder and its lock"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        folder_lock = FileLock(str(out_dir / LOCK_FILE))
+        try:
+            folder_lock.acquire(timeout=0)
+        except Timeout:
+            raise RunLockedError(
+                f"another edgekd benchmark is writing its report into {out_dir}",
+                hint="wait for it to finish, or pass another folder with --output-dir",
+            ) from None
+    try:
+        yield
+    finally:
+        folder_lock.release()
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Refuse a report folder that cannot take the report, before anything is measured.
+
+    Raises:
+        InputError: `out_dir` (or a folder above it) is a file, or a name the report writes is taken by
+            something of the other kind (a folder called report.json, a file called raw).
+        ResourceError: The folder (or the nearest existing folder above it) cannot be written.
+    """
+    existing = next((p for p in (out_dir, *out_dir.parents) if p.exists()), Path.cwd())
+    if not existing.is_dir():
+        where = "is a file" if existing == out_dir else f"is inside {existing}, which is a file"
+        raise InputError(
+            f"the report folder {out_dir} {where}", hint="pass a folder (new or existing) with --output-dir"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ResourceError(
+            f"{os.strerror(errno.EACCES).lower()}: the report folder {out_dir} cannot be written",
+            hint=f"check the permissions of {existing}, or pass another folder with --output-dir",
+        )
+    if existing != out_dir:
+        return
+    taken = [out_dir / name for name in REPORT_FILES if (out_dir / name).is_dir()]
+    if (out_dir / RAW_DIR).exists() and not (out_dir / RAW_DIR).is_dir():
+        taken.append(out_dir / RAW_DIR)
+    if taken:
+        raise InputError(
+            f"the report folder {out_dir} holds {taken[0].name} of the wrong kind "
+            "(a folder where the report writes a file, or a file where it writes a folder)",
+            hint=f"remove {taken[0]}, or pass another folder with --output-dir",
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -315,6 +478,7 @@ def measure_latency_rounds(
 ) -> None:
     """Batch-1 requests, each round's chunk served by every worker in turn (rotated order)."""
     names = list(workers)
+    progress = TaskProgress("benchmark latency", len(latency_texts) * len(names), "requests")
     for round_index, chunk in enumerate(round_slices(len(latency_texts), round_size)):
         for name in round_order(names, round_index):
             answer = workers[name].request({"cmd": "latency", "texts": latency_texts[chunk]})
@@ -323,6 +487,8 @@ def measure_latency_rounds(
             result.model_ms += answer["model_ms"]
             result.e2e_ms += answer["e2e_ms"]
             result.round_of_request += [round_index] * len(answer["model_ms"])
+        progress.advance_to(chunk.stop * len(names))
+    progress.close()
     for name, result in measured.items():
         result.peak_rss_serving_mb = float(workers[name].request({"cmd": "status"})["peak_rss_mb"])
 
@@ -381,12 +547,22 @@ def measure_accuracy(
     """Predictions for every test text on `threads` threads (after the latency phase, so serving memory is
     measured first)."""
     for name, worker in workers.items():
-        command = {"cmd": "predict", "texts": texts, "batch_size": batch_size, "threads": threads}
-        answer = worker.request(command)
-        measured[name].predictions = [int(p) for p in answer["predictions"]]
-        measured[name].accuracy_pass_s = float(answer["seconds"])
-        measured[name].accuracy_pass_threads = int(answer.get("threads", threads))
-        measured[name].peak_rss_accuracy_pass_mb = float(answer["peak_rss_mb"])
+        result = measured[name]
+        result.predictions, result.accuracy_pass_s, result.peak_rss_accuracy_pass_mb = [], 0.0, 0.0
+        # In chunks, so that a pass of many minutes (a teacher on thousands of texts) shows its progress.
+        progress = TaskProgress(f"benchmark accuracy ({name})", len(texts), "texts")
+        for start in range(0, len(texts), ACCURACY_CHUNK):
+            chunk = texts[start : start + ACCURACY_CHUNK]
+            command = {"cmd": "predict", "texts": chunk, "batch_size": batch_size, "threads": threads}
+            answer = worker.request(command)
+            result.predictions += [int(p) for p in answer["predictions"]]
+            result.accuracy_pass_s += float(answer["seconds"])
+            result.accuracy_pass_threads = int(answer.get("threads", threads))
+            result.peak_rss_accuracy_pass_mb = max(
+                result.peak_rss_accuracy_pass_mb, float(answer["peak_rss_mb"])
+            )
+            progress.advance_to(start + len(chunk))
+        progress.close()
 
 
 def throughput_texts(texts: Sequence[str], settings: HarnessSettings) -> list[str]:
@@ -435,24 +611,58 @@ def check_settings(settings: HarnessSettings, n_models: int) -> None:
     """Refuse settings that cannot give a meaningful measurement.
 
     Raises:
-        InputError: No models, too many threads, no latency samples, or a non-positive size.
+        InputError: No models, too many threads, no latency samples, a non-positive size, or a seed numpy
+            cannot take.
     """
     if n_models < 1:
-        raise InputError("no model folders to benchmark")
+        raise InputError("no model folders to benchmark", hint="pass at least one model folder")
     check_threads(settings.threads)
     if settings.throughput_threads is not None:
         check_threads(settings.throughput_threads)
-    if settings.latency_samples < 1:
-        raise InputError("the number of latency samples must be at least 1")
-    for name in ("batch_size", "round_size", "seq_samples", "max_length"):
-        if getattr(settings, name) < 1:
-            raise InputError(f"{name} must be at least 1, got {getattr(settings, name)}")
-    if settings.warmup < 0:
-        raise InputError(f"warmup cannot be negative, got {settings.warmup}")
+    check_count("the number of latency samples", settings.latency_samples, 1, "--samples")
+    check_count("the number of warm-up requests", settings.warmup, 0, "--warmup")
+    check_count("batch_size", settings.batch_size, 1, "--batch-size")
+    check_count("max_length", settings.max_length, 1, "--max-length")
+    check_count("round_size", settings.round_size, 1, "round_size")
+    check_count("seq_samples", settings.seq_samples, 1, "seq_samples")
     if not settings.seq_lengths or min(settings.seq_lengths) < 1:
-        raise InputError("sequence lengths must be at least 1 token")
+        raise InputError("sequence lengths must be at least 1 token", hint="use lengths such as 16, 64, 128")
     if not settings.throughput_batch_sizes or min(settings.throughput_batch_sizes) < 1:
-        raise InputError("throughput batch sizes must be at least 1")
+        raise InputError("throughput batch sizes must be at least 1", hint="use batch sizes such as 8, 32")
+    if not 0 <= settings.seed < SEED_LIMIT:
+        raise InputError(
+            f"the seed must be from 0 to {SEED_LIMIT - 1}, got {settings.seed}", hint="use e.g. --seed 42"
+        )
+
+
+def check_count(what: str, value: int, minimum: int, option: str) -> None:
+    """Refuse a count below `minimum`.
+
+    Raises:
+        InputError: naming `what` and the option that sets it.
+    """
+    if value < minimum:
+        raise InputError(
+            f"{what} must be at least {minimum}, got {value}", hint=f"set {option} to {minimum} or more"
+        )
+
+
+def check_request_counts(settings: HarnessSettings) -> None:
+    """Refuse request counts beyond MAX_REQUESTS: on the command line that is a typo (an extra digit or
+    two) that would run for days or run out of memory drawing the sample.
+
+    Raises:
+        InputError: naming the option.
+    """
+    for what, value, option in (
+        ("the number of latency samples", settings.latency_samples, "--samples"),
+        ("the number of warm-up requests", settings.warmup, "--warmup"),
+    ):
+        if value > MAX_REQUESTS:
+            raise InputError(
+                f"{what} must be at most {MAX_REQUESTS:,}, got {value}",
+                hint=f"set {option} to a smaller value (the default is a good start)",
+            )
 
 
 def check_threads(threads: int) -> None:
@@ -464,7 +674,7 @@ def check_threads(threads: int) -> None:
     known = [n for n in (os.cpu_count(), usable_cores()) if n]
     available = min(known) if known else 1
     if threads < 1:
-        raise InputError(f"threads must be at least 1, got {threads}")
+        raise InputError(f"threads must be at least 1, got {threads}", hint="use e.g. --threads 1")
     if threads > available:
         raise InputError(
             f"threads is {threads} but this machine gives this process {available} core(s)",
@@ -479,11 +689,17 @@ def check_names(names: Sequence[str]) -> None:
         InputError: When a name is empty, repeated or contains a path separator.
     """
     for name in names:
-        if not name or "/" in name or name in (".", ".."):
-            raise InputError(f"invalid model name {name!r}: use letters, digits, '-', '_' or '.'")
+        # A lone surrogate (an invalid UTF-8 byte in an argument) could not be written into report.md.
+        if not name or "/" in name or "\\" in name or name in (".", "..") or not name.isprintable():
+            raise InputError(
+                f"invalid model name {name!r}", hint="use letters, digits, '-', '_' or '.' in --names"
+            )
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise InputError(f"model names must be unique, repeated: {', '.join(repeated)}", hint="pass --names")
+        raise InputError(
+            f"model names must be unique, repeated: {', '.join(repeated)}",
+            hint="pass --names with one distinct name per folder",
+        )
 
 
 def latency_sample_indices(n_texts: int, n_samples: int, seed: int) -> list[int]:
@@ -493,9 +709,12 @@ def latency_sample_indices(n_texts: int, n_samples: int, seed: int) -> list[int]
         InputError: When there are no samples to draw or nothing to draw them from.
     """
     if n_samples < 1:
-        raise InputError("the number of latency samples must be at least 1")
+        raise InputError("the number of latency samples must be at least 1", hint="use e.g. --samples 200")
     if n_texts < 1:
-        raise InputError("the test split is empty: nothing to benchmark")
+        raise InputError(
+            "the test split is empty: nothing to benchmark",
+            hint="put test texts in the data folder's test file",
+        )
     rng = np.random.default_rng(seed)
     return [int(i) for i in rng.choice(n_texts, size=n_samples, replace=n_samples > n_texts)]
 
@@ -507,7 +726,7 @@ def detect_format(folder: Path) -> str:
         InputError: When the folder is neither.
     """
     if not folder.is_dir():
-        raise InputError(f"model folder not found: {folder}")
+        raise InputError(f"model folder not found: {folder}", hint=FOLDER_HINT)
     if any(folder.glob("*.onnx")):
         return "onnx"
     if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
@@ -519,44 +738,88 @@ def detect_format(folder: Path) -> str:
         )
     raise InputError(
         f"{folder} is neither a PyTorch model folder (config.json + *.safetensors) "
-        "nor an ONNX one (*.onnx + tokenizer.json)"
+        "nor an ONNX one (*.onnx + tokenizer.json)",
+        hint=FOLDER_HINT,
     )
 
 
-def check_model_folder(folder: Path, fmt: str) -> None:
-    """Fail before any worker starts when a model folder lacks what its format needs.
+def check_model_folder(folder: Path, fmt: str) -> list[str]:
+    """Fail before any worker starts when a model folder cannot be measured; its class names in id order.
+
+    An ONNX folder is loaded as `edgekd predict` loads it (JSON files, labels, tokenizer, graph inputs and
+    outputs) and runs one text, so a damaged file, a graph that is not a text classifier, or a graph with
+    more or fewer outputs than class names is refused here rather than scored. A PyTorch folder's JSON
+    files, tokenizer.json and safetensors headers are read (the model itself is loaded by its worker).
 
     Raises:
-        InputError: A needed file is missing.
+        InputError: A needed file is missing or unreadable, or the labels do not fit the model.
     """
     if not folder.is_dir():
-        raise InputError(f"model folder not found: {folder}")
-    if fmt == "onnx":
-        onnx_model_path(folder)
-        if not (folder / "tokenizer.json").is_file():
-            raise InputError(f"the ONNX folder {folder} has no tokenizer.json")
-        return
+        raise InputError(f"model folder not found: {folder}", hint=FOLDER_HINT)
+    labels = check_onnx_folder(folder) if fmt == "onnx" else check_pytorch_folder(folder)
+    # The report needs these after measuring; a folder they fail on is refused now, not then.
+    folder_size(folder, onnx=fmt == "onnx")
+    param_count(folder, onnx=fmt == "onnx")
+    return labels
+
+
+def check_onnx_folder(folder: Path) -> list[str]:
+    """The runtime's own checks on an ONNX folder, plus one text through the graph; returns its labels."""
+    from edgekd.runtime import Classifier
+
+    graph = onnx_model_path(folder)
+    if not (folder / "tokenizer.json").is_file():
+        raise InputError(f"the ONNX folder {folder} has no tokenizer.json", hint=FOLDER_HINT)
+    classifier = Classifier.load(folder, threads=1, model_file=graph.name)
+    # A class dimension the graph leaves symbolic is only known from a real output.
+    with catch_warnings():
+        simplefilter("ignore")  # a truncation of this probe text is nothing the user should see
+        classifier.predict_logits(["a short text to check the model's outputs"])
+    return classifier.labels
+
+
+def check_pytorch_folder(folder: Path) -> list[str]:
+    """config.json and the tokenizer files parse, the weights' headers read; returns config.json's labels."""
+    from edgekd.runtime import load_tokenizer, read_json_object, read_labels
+
     if not (folder / "config.json").is_file():
-        raise InputError(f"the model folder {folder} has no config.json")
+        raise InputError(f"the model folder {folder} has no config.json", hint=FOLDER_HINT)
     if not any(
         (folder / name).is_file() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
     ):
-        raise InputError(f"the model folder {folder} has no tokenizer files")
+        raise InputError(
+            f"the model folder {folder} has no tokenizer files",
+            hint="save the tokenizer next to the model (tokenizer.save_pretrained(folder))",
+        )
+    config = read_json_object(folder / "config.json")
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        read_json_object(folder / name)
+    if (folder / "tokenizer.json").is_file():
+        load_tokenizer(folder, max_length=8, config=config)
+    check_safetensors_headers(folder)
+    # transformers labels the outputs from config.json's id2label, whatever else the folder holds.
+    return read_labels(folder, None, config)
 
 
-def declared_labels(folder: Path) -> list[str]:
-    """Class names in id order as a model folder declares them (edgekd.json, else config.json id2label)."""
-    for name in ("edgekd.json", "config.json"):
+def check_safetensors_headers(folder: Path) -> None:
+    """Each *.safetensors file opens (a truncated or foreign file fails here, not in the worker).
+
+    Raises:
+        InputError: naming the file.
+    """
+    try:
+        from safetensors import safe_open
+    except ImportError:  # the worker will say which extra to install
+        return
+    for path in sorted(folder.glob("*.safetensors")):
         try:
-            data = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if data.get("labels"):
-            return [str(label) for label in data["labels"]]
-        if data.get("id2label"):
-            id2label = {int(k): v for k, v in data["id2label"].items()}
-            return [str(id2label[i]) for i in sorted(id2label)]
-    return []
+            with safe_open(str(path), framework="np") as handle:
+                handle.keys()
+        except Exception as exc:  # safetensors raises its own error types per failure
+            raise InputError(
+                f"cannot read the weights {path}: {first_line(exc)}",
+                hint="the file is damaged: copy or save the model again",
+            ) from None
 
 
 def check_labels(model_labels: list[str], data_labels: list[str], variant: str) -> None:
@@ -567,7 +830,8 @@ def check_labels(model_labels: list[str], data_labels: list[str], variant: str) 
     """
     if not model_labels:
         raise InputError(
-            f"the {variant} model names no classes (no edgekd.json labels, no config.json id2label)"
+            f"the {variant} model names no classes (no edgekd.json labels, no config.json id2label)",
+            hint="edgekd.json 'labels' or config.json 'id2label' must list the class names",
         )
     unknown = [label for label in model_labels if label not in set(data_labels)]
     if unknown:
@@ -673,9 +937,16 @@ def map_predictions(
     """
     model_labels = [str(label) for label in labels_of_model]
     check_labels(model_labels, data_labels, variant)
+    predicted = np.asarray(predictions, dtype=np.int64)
+    if predicted.size and (predicted.min() < 0 or predicted.max() >= len(model_labels)):
+        raise InputError(
+            f"the {variant} model predicted class id {int(predicted.max())}, but it names only "
+            f"{len(model_labels)} classes",
+            hint="the model's labels (edgekd.json or config.json id2label) must list one name per output",
+        )
     index = {label: i for i, label in enumerate(data_labels)}
     to_data = np.asarray([index[label] for label in model_labels], dtype=np.int64)
-    return to_data[np.asarray(predictions, dtype=np.int64)]
+    return to_data[predicted]
 
 
 def variant_records(
@@ -869,7 +1140,10 @@ def models_from_folders(folders: Sequence[Path], names: Sequence[str] | None = N
         InputError: A folder is not a model, or `names` does not match the folders one to one.
     """
     if names is not None and len(names) != len(folders):
-        raise InputError(f"--names gives {len(names)} name(s) for {len(folders)} folder(s)")
+        raise InputError(
+            f"--names gives {len(names)} name(s) for {len(folders)} folder(s)",
+            hint="pass one name per model folder, comma-separated, in the same order",
+        )
     specs = []
     for i, folder in enumerate(folders):
         fmt = detect_format(folder)
@@ -905,7 +1179,9 @@ def parse_gates(assignments: Sequence[str]) -> GatesSpec:
     except ValidationError as exc:
         first = exc.errors()[0]
         field_name = ".".join(str(p) for p in first["loc"])
-        raise InputError(f"--gate {field_name}: {first['msg']}") from None
+        raise InputError(
+            f"--gate {field_name}: {first['msg']}", hint="e.g. --gate max_accuracy_drop_pts=1"
+        ) from None
 
 
 def data_spec_for(
@@ -923,7 +1199,10 @@ def data_spec_for(
     from pydantic import ValidationError
 
     if not folder.is_dir():
-        raise InputError(f"data folder not found: {folder}")
+        raise InputError(
+            f"data folder not found: {folder}",
+            hint="pass --data a folder with a test file (test.jsonl, test.csv or test.parquet)",
+        )
     try:
         return DataSpec(
             path=str(folder),
@@ -934,4 +1213,7 @@ def data_spec_for(
         )
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise InputError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+        option = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "the data options"
+        raise InputError(
+            f"{option}: {first['msg']}", hint=f"check the value of {option} (see edgekd benchmark --help)"
+        ) from None

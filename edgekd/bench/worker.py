@@ -227,7 +227,7 @@ class OnnxBackend:
 def usable_positions(config: dict[str, Any]) -> int | None:
     """The longest input (in tokens) a model's position embeddings allow, from its config; None if unknown."""
     positions = config.get("max_position_embeddings")
-    if not isinstance(positions, int) or positions <= 0:
+    if not isinstance(positions, int) or isinstance(positions, bool) or positions <= 0:
         return None
     offset = 2 if str(config.get("model_type", "")) in POSITION_OFFSET_MODEL_TYPES else 0
     return positions - offset
@@ -252,13 +252,12 @@ def _pad_token(folder: Path) -> str:
 
 
 def _onnx_labels(folder: Path) -> list[str]:
-    labels = _read_json_object(folder / "edgekd.json").get("labels")
-    if labels:
-        return [str(label) for label in labels]
-    id2label = {
-        int(k): v for k, v in (_read_json_object(folder / "config.json").get("id2label") or {}).items()
-    }
-    return [str(id2label[i]) for i in sorted(id2label)]
+    # The runtime's reading, so that the worker serves the very labels the harness checked before it started.
+    from edgekd.runtime import read_labels
+
+    return read_labels(
+        folder, _read_json_object(folder / "edgekd.json"), _read_json_object(folder / "config.json")
+    )
 
 
 def load_backend(folder: Path, fmt: str, threads: int, max_length: int) -> Backend:
@@ -382,8 +381,13 @@ def peak_rss_mb() -> float:
     high_water = _proc_status_kb("VmHWM")
     if high_water is not None:
         return high_water * 1024 / 1e6
-    import resource
+    try:
+        import resource
+    except ImportError:  # Windows: psutil knows the peak working set
+        import psutil
 
+        memory = psutil.Process().memory_info()
+        return float(getattr(memory, "peak_wset", memory.rss)) / 1e6
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # macOS reports bytes, the other Unixes kilobytes.
     return peak * (1 if sys.platform == "darwin" else 1024) / 1e6
@@ -498,7 +502,9 @@ def thread_env(threads: int) -> dict[str, str]:
 def default_max_length(folder: Path) -> int:
     """The max_length the export recorded in edgekd.json, else the recipe default."""
     value = _read_json_object(folder / "edgekd.json").get("max_length")
-    return value if isinstance(value, int) and value > 0 else DEFAULT_MAX_LENGTH
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:  # `true` is not 1 token
+        return DEFAULT_MAX_LENGTH
+    return value
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
