@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 # `pip install torch==X` picks the CPU build on local disk; an unpinned resolve would pull a multi-GB CUDA build.
 TORCH_PIN := $(shell grep -o '"torch==[0-9.]*"' pyproject.toml | tr -d '"')
 
-.PHONY: install test lint demo assets smoke clean
+.PHONY: install test lint demo assets smoke nightly clean
 
 install: $(VENV)/.installed
 
@@ -32,8 +32,14 @@ assets: install
 smoke: install
 	$(VENV)/bin/edgekd compress recipes/smoke.yaml
 
-demo: install assets
+# The quickstart's teacher and student both start from MiniLM-L6: only that model is placed (not MPNet-base's 400 MB).
+demo: install
+	$(VENV)/bin/edgekd assets --only minilm-l6
 	$(VENV)/bin/edgekd compress recipes/quickstart.yaml
+
+# The recipe fuzz test with many more examples than `make test` runs (minutes).
+nightly: install
+	HYPOTHESIS_PROFILE=nightly $(VENV)/bin/pytest -q tests/test_validate_fuzz.py
 
 clean:
 	rm -rf $(VENV) runs

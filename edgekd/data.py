@@ -1,5 +1,8 @@
-"""Dataset loading: a local folder of split files (jsonl, jsonl.gz, json, csv, csv.gz, parquet) or a Hub
-dataset id.
+"""Dataset loading: a local folder of split files (jsonl, jsonl.gz, json, csv, csv.gz, parquet), a single such
+file, or a Hub dataset id.
+
+A single file holds all the labelled rows: a seeded, stratified `TEST_FRACTION` of them becomes the test split,
+and validation is carved from the rest as for a folder without a validation file.
 
 Every split comes out as a `datasets.Dataset` with two columns, `text` (str) and `label` (int id into
 `labels`), so the stages never see the source format. Problems are reported as `DataError` with the file
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekd.errors import DataError, MissingDependencyError, first_line
-from edgekd.recipe import DataSpec
+from edgekd.recipe import DataSpec, data_root
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -37,6 +40,9 @@ SPLIT_ALIASES = {
     "test": ("test",),
 }
 SUFFIXES = (".jsonl.gz", ".jsonl", ".json", ".csv", ".csv.gz", ".parquet")
+# Share of a single data file's rows held out (seeded, per class) as the test split. 20% keeps a few hundred
+# test rows for a few thousand labelled ones, enough to tell a one-point accuracy drop from noise on most data.
+TEST_FRACTION = 0.2
 
 # utf-8-sig reads plain UTF-8 unchanged and drops the byte-order mark Excel and Notepad put at the start, which
 # would otherwise become part of the first column's name.
@@ -93,7 +99,7 @@ def load_splits(spec: DataSpec, seed: int = 42, *, model_labels: Sequence[str] |
 
     Args:
         spec: The recipe's data section.
-        seed: Seeds the validation carve-out and the caps.
+        seed: Seeds the test carve-out (single file), the validation carve-out and the caps.
         model_labels: Only for measuring finished models (`edgekd benchmark`): a data folder may then hold just a
             test split, and without data.labels or labels.txt the class names are these (the reference model's).
 
@@ -101,20 +107,24 @@ def load_splits(spec: DataSpec, seed: int = 42, *, model_labels: Sequence[str] |
         DataError: missing split, empty file, bad rows, unknown labels, unreadable file.
     """
     repaired: Counter[str] = Counter()
+    single_file = False
     if spec.hub is not None:
         raw, labels = _read_hub(spec)
-        folder_labels = None
     else:
-        folder = _find_folder(spec.path or "")
-        raw = {split: _read_split(folder, split, spec, repaired) for split in SPLIT_ALIASES}
-        folder_labels = _read_labels_file(folder)
-        labels = spec.labels or folder_labels
+        source = _find_source(spec.path or "")
+        single_file = source.is_file()
+        if single_file:
+            raw = {"train": _read_data_file(source, spec, repaired), "validation": None, "test": None}
+            labels = spec.labels
+        else:
+            raw = {split: _read_split(source, split, spec, repaired) for split in SPLIT_ALIASES}
+            labels = spec.labels or _read_labels_file(source)
     trainless = raw["train"] is None and model_labels is not None
     if raw["train"] is None and not trainless:
         raise DataError(
             "the dataset has no train split", hint="add a train.jsonl / train.csv / train.parquet file"
         )
-    if raw["test"] is None:
+    if raw["test"] is None and not single_file:
         raise DataError(
             "the dataset has no test split", hint="add a test.jsonl / test.csv / test.parquet file"
         )
@@ -136,6 +146,8 @@ def load_splits(spec: DataSpec, seed: int = 42, *, model_labels: Sequence[str] |
     if trainless:
         splits["train"] = []
         splits.setdefault("validation", [])
+    if single_file:
+        splits["train"], splits["test"] = _carve_test(splits["train"], seed, spec.path or "")
     carved = "validation" not in splits
     if carved:
         splits["train"], splits["validation"] = _carve_validation(
@@ -216,14 +228,28 @@ def _names(names: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _find_folder(path: str) -> Path:
-    folder = Path(path)
-    if not folder.is_dir():
+def _find_source(path: str) -> Path:
+    """The data folder, or the single data file, that data.path names."""
+    source = Path(path)
+    if source.is_file():
+        if not source.name.endswith(SUFFIXES):
+            raise DataError(
+                f"data.path is a file edgekd cannot read: {path}",
+                hint=f"give a data file ending in {', '.join(SUFFIXES)}, or a folder of split files",
+            )
+        return source
+    if not source.is_dir():
         raise DataError(
-            f"data folder not found: {path}",
-            hint="set data.path to a folder (relative to the recipe) or set EDGEKD_DATA_ROOT",
+            f"data folder not found: {path} (looked next to the recipe, then under {_data_root_named()})",
+            hint="set data.path to a data folder or file (relative to the recipe), set EDGEKD_DATA_ROOT to the "
+            "folder that holds it, or add data.hub: <dataset id> to read it from the Hugging Face Hub when online",
         )
-    return folder
+    return source
+
+
+def _data_root_named() -> str:
+    root = data_root()
+    return f"the data root {root}" if root else "a data root (EDGEKD_DATA_ROOT is not set)"
 
 
 def _split_file(folder: Path, split: str) -> Path | None:
@@ -262,6 +288,10 @@ def _read_split(
     path = _split_file(folder, split)
     if path is None:
         return None
+    return _read_data_file(path, spec, repaired)
+
+
+def _read_data_file(path: Path, spec: DataSpec, repaired: Counter[str]) -> list[tuple[str, Any]]:
     try:
         records = list(_read_records(path, repaired))
     except UnicodeDecodeError as exc:
@@ -451,26 +481,47 @@ def _encode_labels(
     return encoded
 
 
+def _carve_test(
+    rows: list[tuple[str, int]], seed: int, path: str
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """A single data file's rows split into train and a held-out test split (seeded, per class)."""
+    train, test = _stratified_split(rows, TEST_FRACTION, seed)
+    if not test:
+        raise DataError(
+            f"{path}: too few rows to hold out a test split ({len(rows)} rows)",
+            hint="add rows (a class needs 3 for one test row), or use a folder with train and test files",
+        )
+    return train, test
+
+
 def _carve_validation(
     rows: list[tuple[str, int]], fraction: float, seed: int
 ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """A seeded, per-class split of train into train and validation (same seed, same split)."""
+    train, validation = _stratified_split(rows, fraction, seed)
+    if not validation:
+        raise DataError("train is too small to carve a validation split", hint="add a validation file")
+    return train, validation
+
+
+def _stratified_split(
+    rows: list[tuple[str, int]], fraction: float, seed: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(rest, held out): `fraction` of each class held out, rounded; a class with one row is never held out."""
     by_class: dict[int, list[tuple[str, int]]] = {}
     for row in rows:
         by_class.setdefault(row[1], []).append(row)
     rng = random.Random(seed)
-    train, validation = [], []
+    rest, held_out = [], []
     for label in sorted(by_class):
         members = by_class[label]
         rng.shuffle(members)
-        n_val = round(len(members) * fraction) if len(members) > 1 else 0
-        validation.extend(members[:n_val])
-        train.extend(members[n_val:])
-    rng.shuffle(train)
-    rng.shuffle(validation)
-    if not validation:
-        raise DataError("train is too small to carve a validation split", hint="add a validation file")
-    return train, validation
+        n_held = round(len(members) * fraction) if len(members) > 1 else 0
+        held_out.extend(members[:n_held])
+        rest.extend(members[n_held:])
+    rng.shuffle(rest)
+    rng.shuffle(held_out)
+    return rest, held_out
 
 
 def _cap(rows: list[tuple[str, int]], cap: int | None, seed: int) -> list[tuple[str, int]]:

@@ -1,7 +1,9 @@
 """What machine and software a run used, so a benchmark number can be judged and reproduced.
 
 Torch-free on purpose: it runs on devices that only have the runtime, and versions come from package
-metadata rather than from importing (and paying for) the libraries.
+metadata rather than from importing (and paying for) the libraries. Portable on purpose too: memory, core
+counts and CPU times come from psutil on every OS; only the CPU's model name and flags are read from Linux's
+/proc/cpuinfo, and elsewhere they are whatever `platform` knows and empty.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 # Instruction-set extensions that decide which INT8/BF16 kernels the runtimes can use.
 CPU_FLAGS = (
@@ -28,6 +32,8 @@ CPU_FLAGS = (
 )
 LIBRARIES = ("torch", "transformers", "onnxruntime", "optimum", "optimum-onnx", "onnx", "numpy", "tokenizers")
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM")
+# What psutil raises where the OS withholds a fact (a sandbox without /proc, a platform it does not cover).
+_PSUTIL_FAILURES = (psutil.Error, OSError, RuntimeError)
 
 
 def environment() -> dict[str, Any]:
@@ -37,12 +43,12 @@ def environment() -> dict[str, Any]:
         JSON-ready dict: cpu (model, logical/physical/usable cores, cgroup quota, flags), memory, library
         versions, python, platform, load average and the thread-related environment variables.
     """
-    cpuinfo = _read_text("/proc/cpuinfo")
+    cpuinfo = _read_text("/proc/cpuinfo")  # Linux only: "" elsewhere
     return {
         "cpu": {
             "model": cpu_model(cpuinfo),
             "logical_cores": os.cpu_count(),
-            "physical_cores": physical_cores(cpuinfo),
+            "physical_cores": physical_cores(),
             "usable_cores": usable_cores(),
             "cgroup_cpu_quota": cgroup_cpu_quota(),
             "flags": cpu_flags(cpuinfo),
@@ -69,37 +75,32 @@ def cpu_model(cpuinfo: str | None = None) -> str:
 
 
 def cpu_flags(cpuinfo: str | None = None) -> dict[str, bool]:
-    """Whether the CPU has each instruction-set extension in `CPU_FLAGS` (x86 `flags`, Arm `Features`)."""
-    text = _read_text("/proc/cpuinfo") if cpuinfo is None else cpuinfo
-    present = set((_first_field(text, "flags") or _first_field(text, "Features") or "").split())
+    """Whether the CPU has each instruction-set extension in `CPU_FLAGS`; empty where the OS does not list
+    the CPU's flags (only Linux does), so an unknown flag is never reported as absent."""
+    present = cpu_flag_names(cpuinfo)
+    if not present:
+        return {}
     return {flag: flag in present for flag in CPU_FLAGS}
 
 
-def physical_cores(cpuinfo: str | None = None) -> int | None:
-    """Distinct (socket, core) pairs in /proc/cpuinfo; None where the file does not say (VMs, Arm)."""
+def cpu_flag_names(cpuinfo: str | None = None) -> set[str]:
+    """Every flag /proc/cpuinfo lists (x86 `flags`, Arm `Features`); empty without that file."""
     text = _read_text("/proc/cpuinfo") if cpuinfo is None else cpuinfo
-    cores = set()
-    socket = core = None
-    for line in [*text.splitlines(), ""]:
-        if not line.strip():
-            if core is not None:
-                cores.add((socket, core))
-            socket = core = None
-            continue
-        key, _, value = line.partition(":")
-        if key.strip() == "physical id":
-            socket = value.strip()
-        elif key.strip() == "core id":
-            core = value.strip()
-    return len(cores) or None
+    return set((_first_field(text, "flags") or _first_field(text, "Features") or "").split())
+
+
+def physical_cores() -> int | None:
+    """Physical cores (hyper-threads counted once); None where the OS does not say (some VMs)."""
+    try:
+        return psutil.cpu_count(logical=False)
+    except _PSUTIL_FAILURES:
+        return None
 
 
 def usable_cores() -> int | None:
     """Cores this process may run on (its CPU affinity), which can be fewer than the machine has."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count()
+    allowed = _affinity()
+    return len(allowed) if allowed else os.cpu_count()
 
 
 def cgroup_cpu_quota() -> float | None:
@@ -114,13 +115,10 @@ def cgroup_cpu_quota() -> float | None:
 
 
 def memory_total_mb() -> float | None:
-    """Installed memory from /proc/meminfo (MB = 1e6 bytes)."""
-    value = _first_field(_read_text("/proc/meminfo"), "MemTotal")
-    if not value:
-        return None
+    """Installed memory (MB = 1e6 bytes)."""
     try:
-        return round(int(value.split()[0]) * 1024 / 1e6, 1)
-    except ValueError:
+        return round(psutil.virtual_memory().total / 1e6, 1)
+    except _PSUTIL_FAILURES:
         return None
 
 
@@ -157,32 +155,28 @@ class CpuSnapshot:
 
 
 def cpu_snapshot(stat: str | None = None) -> CpuSnapshot | None:
-    """Read /proc/stat (Linux; None elsewhere). Only the per-core lines of this process's affinity count, so a
-    process pinned to a few cores of a big machine is not told about work on the others."""
-    text = _read_text("/proc/stat") if stat is None else stat
-    try:
-        allowed: set[int] | None = set(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        allowed = None
-    busy = total = 0
-    cores = 0
-    for line in text.splitlines():
-        name, *fields = line.split()
-        if not (name.startswith("cpu") and name[3:].isdigit()) or len(fields) < 5:
-            continue
-        if allowed is not None and int(name[3:]) not in allowed:
-            continue
-        ticks = [int(x) for x in fields[:8]]
-        idle = ticks[3] + ticks[4]  # idle + iowait
-        total += sum(ticks)
-        busy += sum(ticks) - idle
-        cores += 1
-    if not cores:
+    """CPU times so far on the cores this process may use (from psutil), or None where the OS does not say.
+
+    Only the cores of this process's affinity count, so a process pinned to a few cores of a big machine is
+    not told about work on the others.
+
+    Args:
+        stat: The text of a Linux /proc/stat to read instead of asking the OS (tests give one).
+    """
+    per_core = _core_times() if stat is None else _core_times_from_stat(stat)
+    allowed = _affinity()
+    counted = [times for core, times in per_core.items() if allowed is None or core in allowed]
+    if not counted:
         return None
-    hz = os.sysconf("SC_CLK_TCK")
+    # os.times is portable; Windows leaves the children's share at 0, as psutil does.
     own = os.times()
     own_s = own.user + own.system + own.children_user + own.children_system
-    return CpuSnapshot(busy_s=busy / hz, total_s=total / hz, own_s=own_s, cores=cores)
+    return CpuSnapshot(
+        busy_s=sum(busy for busy, _ in counted),
+        total_s=sum(total for _, total in counted),
+        own_s=own_s,
+        cores=len(counted),
+    )
 
 
 def other_processes_cores(before: CpuSnapshot | None, after: CpuSnapshot | None) -> float | None:
@@ -198,6 +192,64 @@ def other_processes_cores(before: CpuSnapshot | None, after: CpuSnapshot | None)
         return None
     others = (after.busy_s - before.busy_s) - (after.own_s - before.own_s)
     return round(max(0.0, others) / wall_s, 2)
+
+
+# CPU-time fields that another field already contains: Linux counts guest time in user time, Windows counts
+# interrupt and DPC time in system time.
+_COUNTED_ELSEWHERE = frozenset({"guest", "guest_nice", "interrupt", "dpc"})
+_IDLE_FIELDS = ("idle", "iowait")
+# The columns of a per-core line of /proc/stat, in clock ticks.
+_PROC_STAT_FIELDS = (
+    "user",
+    "nice",
+    "system",
+    "idle",
+    "iowait",
+    "irq",
+    "softirq",
+    "steal",
+    "guest",
+    "guest_nice",
+)
+
+
+def _core_times() -> dict[int, tuple[float, float]]:
+    """(busy, total) seconds per core. psutil lists the online cores in order, so the position is the core's
+    number unless a lower-numbered core is offline."""
+    try:
+        per_core = psutil.cpu_times(percpu=True)
+    except _PSUTIL_FAILURES:
+        return {}
+    return {core: _busy_and_total(times._asdict()) for core, times in enumerate(per_core)}
+
+
+def _core_times_from_stat(text: str) -> dict[int, tuple[float, float]]:
+    ticks_per_s = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    per_core: dict[int, tuple[float, float]] = {}
+    for line in text.splitlines():
+        name, *fields = line.split() or [""]
+        if name.startswith("cpu") and name[3:].isdigit() and len(fields) >= 5:
+            seconds = {key: int(n) / ticks_per_s for key, n in zip(_PROC_STAT_FIELDS, fields, strict=False)}
+            per_core[int(name[3:])] = _busy_and_total(seconds)
+    return per_core
+
+
+def _busy_and_total(seconds: dict[str, float]) -> tuple[float, float]:
+    total = sum(value for field, value in seconds.items() if field not in _COUNTED_ELSEWHERE)
+    idle = sum(seconds.get(field, 0.0) for field in _IDLE_FIELDS)
+    return total - idle, total
+
+
+def _affinity() -> set[int] | None:
+    """The cores this process may run on, where the OS says: Linux (os), Windows and FreeBSD (psutil)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        pass
+    try:
+        return set(psutil.Process().cpu_affinity())
+    except (AttributeError, *_PSUTIL_FAILURES):
+        return None
 
 
 def _read_text(path: str) -> str:

@@ -9,7 +9,7 @@ runs/<name>/
 
 from __future__ import annotations
 
-import fcntl
+import difflib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -17,9 +17,9 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from edgekd.data import load_splits
-from edgekd.errors import InputError, RunLockedError, StageError, resource_error
-from edgekd.recipe import Recipe, load_recipe, recipe_to_yaml
+from edgekd.data import Splits, load_splits
+from edgekd.errors import InputError, RecipeError, RunLockedError, StageError, resource_error
+from edgekd.recipe import Recipe, fix_hint, load_recipe, recipe_to_yaml
 from edgekd.stage import Stage, run_stage, write_json
 
 RUNS_ROOT = Path("runs")
@@ -77,27 +77,35 @@ def writing_in(run_dir: Path, doing: str) -> Iterator[None]:
 
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
-    """One edgekd process per run folder: a second one gets a clear error instead of corrupting the first."""
-    lock_path = run_dir / ".lock"
+    """One edgekd process per run folder: a second one gets a clear error instead of corrupting the first.
+
+    An OS lock (flock; LockFileEx on Windows), so the OS drops it when the holder dies, even by SIGKILL. Never a
+    marker file, which a killed run would leave behind: with `on_acquired`, filelock refuses to fall back to one
+    on a filesystem without flock, and that becomes a one-line error about the folder.
+    """
+    from filelock import FileLock, Timeout
+
+    # preserve_lock_file: the folder looks the same on every OS (Windows would delete the file on release).
+    lock = FileLock(str(run_dir / ".lock"), preserve_lock_file=True, on_acquired=_write_pid)
     with writing_in(run_dir, "creating the lock file"):
-        handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole run
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise RunLockedError(
+                f"another edgekd process is running in {run_dir}",
+                hint="wait for it to finish, or use --output-dir for a separate run",
+            ) from None
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise RunLockedError(
-            f"another edgekd process is running in {run_dir}",
-            hint="wait for it to finish, or use --output-dir for a separate run",
-        ) from None
-    try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
         yield
     finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+        lock.release()
+
+
+def _write_pid(fd: int) -> None:
+    """The holder's pid in the lock file, for a person wondering who holds it."""
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, str(os.getpid()).encode("ascii"))
 
 
 def compress(
@@ -118,18 +126,15 @@ def compress(
 
     Raises:
         RecipeError, DataError, InputError: bad recipe or input, found before any training.
-        StageError: a stage failed.
+        StageError: a stage failed, or the teacher is no better than the majority class on validation.
     """
     from edgekd.distributed import init_distributed, is_main_process
-    from edgekd.stages.distill import preflight as preflight_distill
+    from edgekd.stages.teacher import judge_teacher
 
     init_distributed()  # under torchrun: join the process group before the first barrier
     if not is_main_process():
         log = _quiet  # one process reports progress
-    recipe = load_recipe(recipe_path, overrides)
-    check_model_folders(recipe)
-    splits = load_splits(recipe.data, recipe.seed)  # fail on bad data before any training
-    preflight_distill(recipe, splits)  # unlabelled text, layer maps, widths, tokenizers
+    recipe, splits = preflight(recipe_path, overrides)
     log(f"data: {splits.counts()} rows, {len(splits.labels)} classes")
     for warning in splits.warnings:
         log(f"warning: {warning}")
@@ -149,6 +154,10 @@ def compress(
             keys[stage.name] = key
             how = "cached, skipped" if skipped else f"done in {record['wall_time_s']:.1f}s"
             log(f"[{stage.name}] {how}")
+            if stage.name == "teacher":  # fresh or cached: a teacher that learned nothing stops the run here
+                judge_teacher(
+                    recipe.teacher, record.get("metrics") or {}, splits.label_ids("validation"), log
+                )
         report_path = run_dir / "report" / "report.json"
         try:
             report: dict[str, Any] = json.loads(report_path.read_text())
@@ -162,13 +171,136 @@ def _quiet(message: str) -> None:
     """The log of processes other than rank 0."""
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Preflight: everything that can be refused before the first stage (`edgekd validate` runs exactly this)
+
+
+def preflight(recipe_path: str | Path, overrides: list[str] | None = None) -> tuple[Recipe, Splits]:
+    """Load a recipe and refuse, before anything is trained or written, whatever `compress` would refuse
+    later: missing model folders, impossible architectures, settings this machine cannot honour, data that
+    cannot be read, labels that do not match, and the distillation set-up (layers, widths, tokenizers).
+
+    Reads configs, tokenizers and the data; loads no weights, creates no run folder.
+
+    Args:
+        recipe_path: The YAML recipe.
+        overrides: `a.b=value` overrides applied before validation.
+
+    Returns:
+        The validated recipe and its data splits.
+
+    Raises:
+        RecipeError, DataError, InputError: what to change, one message (every recipe problem at once).
+    """
+    from edgekd.arch_check import architecture_problems
+    from edgekd.stages.distill import preflight as preflight_distill
+
+    recipe = load_recipe(recipe_path, overrides)
+    check_model_folders(recipe)
+    problems = [*architecture_problems(recipe), *setting_problems(recipe)]
+    if problems:
+        raise RecipeError(str(recipe_path), problems, hint=fix_hint(recipe_path))
+    splits = load_splits(recipe.data, recipe.seed)
+    problems = label_problems(recipe, splits.labels)
+    if problems:
+        raise RecipeError(str(recipe_path), problems, hint=fix_hint(recipe_path))
+    check_teacher_classes(recipe, splits.labels)
+    preflight_distill(recipe, splits)  # unlabelled text, layer maps, widths, tokenizers
+    return recipe, splits
+
+
 def check_model_folders(recipe: Recipe) -> None:
-    """Fail before any work when a recipe points at an offline model folder that `make assets` has not made."""
+    """Fail before any work when a recipe points at a model or tokenizer folder that is not there (an
+    offline asset that `make assets` has not made gets that command as its hint)."""
     from edgekd.assets import require_asset
 
-    for spec in (recipe.teacher, recipe.student):
-        if spec.model and spec.model != "teacher":
-            require_asset(spec.model)
+    for section, spec in (("teacher", recipe.teacher), ("student", recipe.student)):
+        for field, value in (("model", spec.model), ("tokenizer", spec.tokenizer)):
+            if not isinstance(value, str) or value == "teacher":
+                continue
+            if field == "model":
+                require_asset(value)
+            # Relative paths were resolved against the recipe; what is still relative is a Hub id.
+            if Path(value).is_absolute() and not Path(value).is_dir():
+                raise InputError(
+                    f"{section}.{field}: folder not found: {value}",
+                    hint=f"fix {section}.{field} in the recipe (a folder relative to the recipe, or a Hub id)",
+                )
+
+
+def setting_problems(recipe: Recipe) -> list[str]:
+    """Recipe settings that are valid in general but not here: more latency threads than this process may
+    use, quantizer op types it does not know, vocabulary pruning of a tokenizer that is not WordPiece."""
+    from edgekd.bench.harness import check_threads
+    from edgekd.stages.quantize import check_op_types
+
+    problems: list[str] = []
+    try:  # the benchmark stage's own rule, so what passes here passes there
+        check_threads(recipe.benchmark.threads)
+    except InputError as exc:
+        problems.append(f"benchmark.threads: {exc.message}; {exc.hint}" if exc.hint else exc.message)
+    try:
+        check_op_types(recipe.quantize.op_types)
+    except InputError as exc:
+        problems.append(f"{exc.message} ({exc.hint})" if exc.hint else exc.message)
+    tokenizer_type = student_tokenizer_type(recipe) if recipe.prune_vocab.enabled else None
+    if tokenizer_type not in (None, "WordPiece"):
+        problems.append(
+            f"prune_vocab.enabled: vocabulary pruning supports WordPiece tokenizers only; the student's "
+            f"tokenizer is {tokenizer_type}, so set it to false"
+        )
+    return problems
+
+
+def student_tokenizer_type(recipe: Recipe) -> str | None:
+    """The model type (WordPiece, BPE, Unigram) of the tokenizer the student will use, when a local
+    tokenizer.json says so before training; None when it cannot be known yet (or is trained here: WordPiece)."""
+    from edgekd.recipe import TokenizerBuild
+
+    student, teacher = recipe.student, recipe.teacher
+    source: str | TokenizerBuild | None = student.tokenizer
+    if source is None:
+        own = student.model if student.model not in (None, "teacher") else None
+        source = own or teacher.tokenizer or teacher.model
+    if isinstance(source, TokenizerBuild):
+        return "WordPiece"
+    if source is None:
+        return None
+    try:
+        data = json.loads((Path(source) / "tokenizer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None  # a Hub id, a folder with only vocab.txt, a broken file: the stage checks the student
+    model = data.get("model") if isinstance(data, dict) else None
+    kind = model.get("type") if isinstance(model, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def label_problems(recipe: Recipe, labels: list[str]) -> list[str]:
+    """Recipe fields that name one of the dataset's classes."""
+    oos = recipe.benchmark.out_of_scope_label
+    if oos is None or oos in labels:
+        return []
+    close = difflib.get_close_matches(oos, labels, n=1, cutoff=0.6)
+    shown = ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else "")
+    suggestion = f"did you mean '{close[0]}'?" if close else f"the classes are: {shown}"
+    return [
+        f"benchmark.out_of_scope_label: {oos!r} is not one of the dataset's {len(labels)} classes; "
+        f"{suggestion} (or remove it)"
+    ]
+
+
+def check_teacher_classes(recipe: Recipe, labels: list[str]) -> None:
+    """A local teacher that is already a classifier must know the dataset's classes in the same order
+    (the teacher stage would otherwise refuse it only after the run folder exists)."""
+    from edgekd.models import model_labels
+    from edgekd.stages.teacher import check_teacher_labels
+
+    teacher = recipe.teacher
+    if teacher.model is None or not (Path(teacher.model) / "config.json").is_file():
+        return
+    known = model_labels(teacher.model, teacher.trust_remote_code)
+    if known is not None:
+        check_teacher_labels(known, labels, teacher.model)
 
 
 def _environment() -> dict[str, Any]:

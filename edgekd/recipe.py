@@ -11,10 +11,19 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edgekd.errors import RecipeError
 
@@ -29,6 +38,21 @@ MAX_ABS_INT = 10**18
 SEED_LIMIT = 2**32  # numpy and torch take seeds in [0, 2**32)
 
 
+def _refuse_bool(value: Any) -> Any:
+    # Pydantic's lax mode reads `true` as 1: `benchmark.threads: true` would quietly mean one thread.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+# Numbers that refuse true/false but keep the rest of lax mode: PyYAML reads `1e-4` (no dot) as text, and
+# "1e-4" must still become 0.0001. Strict booleans: `trust_remote_code: "yes"` must not switch a safety off.
+# All three validate to plain int/float/bool, so `model_dump()` (and every stage cache key) is unchanged.
+Integer = Annotated[int, BeforeValidator(_refuse_bool)]
+Number = Annotated[float, BeforeValidator(_refuse_bool)]
+Flag = StrictBool
+
+
 class Strict(BaseModel):
     """Base for every recipe section: unknown keys are errors, not silently ignored."""
 
@@ -39,9 +63,9 @@ class Strict(BaseModel):
 class Limits(Strict):
     """Optional row caps per split (the first N rows after a seeded shuffle)."""
 
-    train: int | None = Field(None, ge=1)
-    validation: int | None = Field(None, ge=1)
-    test: int | None = Field(None, ge=1)
+    train: Integer | None = Field(None, ge=1)
+    validation: Integer | None = Field(None, ge=1)
+    test: Integer | None = Field(None, ge=1)
 
 
 class DataSpec(Strict):
@@ -57,35 +81,36 @@ class DataSpec(Strict):
     label_column: str = "label"
     labels: list[str] | None = None
     """Class names in id order. Default: the folder's labels.txt, else the sorted label values of train."""
-    max_length: int = Field(128, ge=8, le=4096)
+    max_length: Integer = Field(128, ge=8, le=4096)
     limits: Limits = Limits()
-    validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    validation_fraction: Number = Field(0.1, gt=0.0, lt=0.5)
     """Share of train carved out (seeded, stratified) when the data has no validation split."""
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
-        if (self.path is None) == (self.hub is None):
-            raise ValueError("set exactly one of 'path' (local folder) or 'hub' (Hub dataset id)")
+        # Both may be set: the local folder when it is found, else the Hub (see `_resolve_paths`).
+        if self.path is None and self.hub is None:
+            raise ValueError("set 'path' (local folder), 'hub' (Hub dataset id) or both (local first)")
         return self
 
 
 class TokenizerBuild(Strict):
     """Train a small WordPiece tokenizer on the training texts (for models built from a config)."""
 
-    vocab_size: int = Field(1000, ge=50, le=200_000)
+    vocab_size: Integer = Field(1000, ge=50, le=200_000)
 
 
 class FinetuneSpec(Strict):
     """Supervised fine-tuning of a teacher that is not yet a classifier for the dataset's labels."""
 
-    epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(5e-5, gt=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.06, ge=0, lt=1)
-    max_steps: int | None = Field(None, ge=1)
-    early_stopping_patience: int | None = Field(2, ge=1)
-    evals_per_epoch: int = Field(2, ge=1, le=100)
+    epochs: Number = Field(1.0, gt=0)
+    batch_size: Integer = Field(32, ge=1)
+    learning_rate: Number = Field(5e-5, gt=0, lt=1)
+    weight_decay: Number = Field(0.01, ge=0)
+    warmup_ratio: Number = Field(0.06, ge=0, lt=1)
+    max_steps: Integer | None = Field(None, ge=1)
+    early_stopping_patience: Integer | None = Field(2, ge=1)
+    evals_per_epoch: Integer = Field(2, ge=1, le=100)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
 
 
@@ -97,8 +122,8 @@ class ModelSpec(Strict):
     """Architecture of a fresh, randomly initialised model (`model_type` plus transformers config fields)."""
     tokenizer: str | TokenizerBuild | None = None
     """A folder/Hub id, or `{vocab_size: N}` to train one on the training texts. Default: the model's own."""
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
+    trust_remote_code: Flag = False
+    allow_pickle: Flag = False
     """Allow pickled `.bin` weights (they can run code when loaded). Default: safetensors only."""
 
     @model_validator(mode="after")
@@ -112,6 +137,21 @@ class ModelSpec(Strict):
 
 class TeacherSpec(ModelSpec):
     finetune: FinetuneSpec = FinetuneSpec()
+    min_gain_over_majority_pts: Number | None = Field(5.0, ge=0, le=100)
+    """Stop the run before distillation unless the teacher's validation accuracy beats always answering the
+    most frequent class by this many points (capped at half the gap between that rate and 100%, so a useful
+    teacher on very imbalanced data still passes). Catches a teacher that learned nothing, which the drop gate
+    cannot: it compares the student with that teacher. null or 0 turns the check off. A check on the result,
+    not an input of training: changing it never re-trains the teacher."""
+
+    @model_validator(mode="after")
+    def _fresh_teacher_has_tokenizer(self) -> TeacherSpec:
+        # A student can fall back to the teacher's tokenizer; a teacher built from a config has none to use.
+        if self.config is not None and self.tokenizer is None:
+            raise ValueError(
+                "a teacher built from 'config' needs a 'tokenizer' (a folder, or {vocab_size: N})"
+            )
+        return self
 
 
 class StudentSpec(ModelSpec):
@@ -119,7 +159,7 @@ class StudentSpec(ModelSpec):
 
     model: str | None = None
     init: Literal["pretrained", "layers", "config"] = "pretrained"
-    layers: list[int] | None = None
+    layers: list[Integer] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -154,10 +194,10 @@ def _check_layer_map(v: list[int] | None) -> list[int] | None:
 class HiddenLossSpec(Strict):
     """Hidden-state MSE between mapped layers (a learned linear projection bridges different widths)."""
 
-    weight: float = Field(0.0, ge=0)
-    layer_map: list[int] | None = None
+    weight: Number = Field(0.0, ge=0)
+    layer_map: list[Integer] | None = None
     """Teacher layer (0-based) for each student layer. Default: student i <-> teacher round((i+1)*T/S)-1."""
-    embeddings: bool = False
+    embeddings: Flag = False
     """Also match the embedding outputs."""
     projection: Literal["linear", "none"] = "linear"
     """How a student of another width is compared: a learned linear map (trained, not saved), or refuse."""
@@ -171,8 +211,8 @@ class HiddenLossSpec(Strict):
 class AttentionLossSpec(Strict):
     """KL between the attention distributions of mapped layers (needs identical tokenization)."""
 
-    weight: float = Field(0.0, ge=0)
-    layer_map: list[int] | None = None
+    weight: Number = Field(0.0, ge=0)
+    layer_map: list[Integer] | None = None
     """Teacher layer for each student layer; default uniform as for hidden states."""
 
     @field_validator("layer_map")
@@ -197,12 +237,12 @@ def _ordered_range(v: tuple[float, float]) -> tuple[float, float]:
 class SearchSpec(Strict):
     """Optuna search over distillation settings; each range is [min, max]. n_trials 0 means no search."""
 
-    n_trials: int = Field(0, ge=0, le=1000)
-    alpha: tuple[float, float] = (0.1, 0.9)
-    temperature: tuple[float, float] = (1.0, 8.0)
-    learning_rate: tuple[float, float] = (1e-5, 5e-4)
-    epochs: tuple[int, int] = (1, 4)
-    pruning: bool = True
+    n_trials: Integer = Field(0, ge=0, le=1000)
+    alpha: tuple[Number, Number] = (0.1, 0.9)
+    temperature: tuple[Number, Number] = (1.0, 8.0)
+    learning_rate: tuple[Number, Number] = (1e-5, 5e-4)
+    epochs: tuple[Integer, Integer] = (1, 4)
+    pruning: Flag = True
     """Stop trials whose per-epoch validation accuracy is below the median of earlier trials."""
 
     @field_validator("alpha", "temperature", "learning_rate", "epochs")
@@ -229,22 +269,22 @@ class UnlabeledSpec(Strict):
     path: str
     """A .jsonl/.csv/.parquet/.txt file or a folder of them (relative to the recipe)."""
     text_column: str = "text"
-    limit: int | None = Field(None, ge=1)
+    limit: Integer | None = Field(None, ge=1)
     """Use at most this many texts (the first N after a seeded shuffle)."""
 
 
 class DistillSpec(Strict):
     """Distillation: loss = alpha*CE + (1-alpha)*T^2*KL(softmax(t/T) || softmax(s/T)) + intermediate losses."""
 
-    epochs: float = Field(3.0, gt=0)
-    batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(1e-4, gt=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.06, ge=0, lt=1)
-    alpha: float = Field(0.5, ge=0, le=1)
-    temperature: float = Field(2.0, gt=0)
-    seed: int = Field(42, ge=0, lt=SEED_LIMIT)
-    max_steps: int | None = Field(None, ge=1)
+    epochs: Number = Field(3.0, gt=0)
+    batch_size: Integer = Field(32, ge=1)
+    learning_rate: Number = Field(1e-4, gt=0, lt=1)
+    weight_decay: Number = Field(0.01, ge=0)
+    warmup_ratio: Number = Field(0.06, ge=0, lt=1)
+    alpha: Number = Field(0.5, ge=0, le=1)
+    temperature: Number = Field(2.0, gt=0)
+    seed: Integer = Field(42, ge=0, lt=SEED_LIMIT)
+    max_steps: Integer | None = Field(None, ge=1)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     losses: LossesSpec = LossesSpec()
     search: SearchSpec = SearchSpec()
@@ -252,19 +292,20 @@ class DistillSpec(Strict):
 
 
 class ExportSpec(Strict):
-    opset: int = Field(17, ge=11, le=21)
-    atol: float = Field(1e-3, gt=0)
+    # 14 at least: torch exports scaled_dot_product_attention (every current encoder's attention) from opset 14.
+    opset: Integer = Field(17, ge=14, le=21)
+    atol: Number = Field(1e-3, gt=0)
     """Largest tolerated |ONNX - PyTorch| logit difference on real inputs."""
-    parity_samples: int = Field(64, ge=1)
+    parity_samples: Integer = Field(64, ge=1)
 
 
 class PruneVocabSpec(Strict):
     """Shrink the student's embedding matrix and WordPiece vocabulary to the tokens the training data uses."""
 
-    enabled: bool = False
-    reserve: int = Field(0, ge=0)
+    enabled: Flag = False
+    reserve: Integer = Field(0, ge=0)
     """Also keep this many further tokens (most frequent in train below min_count first, then by vocab id)."""
-    min_count: int = Field(1, ge=1)
+    min_count: Integer = Field(1, ge=1)
     """A token is kept when it occurs at least this often in the tokenized training texts."""
 
 
@@ -274,8 +315,8 @@ class QuantizeSpec(Strict):
     mode: Literal["dynamic", "static"] = "dynamic"
     weight_type: Literal["auto", "qint8", "quint8"] = "auto"
     """auto: chosen from the CPU's instruction set (see edgekd/stages/quantize.py)."""
-    per_channel: bool = False
-    reduce_range: bool = False
+    per_channel: Flag = False
+    reduce_range: Flag = False
     # Gather quantizes the word-embedding table: most of a small student's bytes (a 3x384 BERT is 47 of its
     # 70 MB in embeddings), so leaving it out would keep INT8 files about 3x larger than they need to be.
     op_types: list[str] = Field(
@@ -284,25 +325,25 @@ class QuantizeSpec(Strict):
     nodes_to_exclude: list[str] = Field(default_factory=list)
     optimize: Literal["none", "auto", "basic", "extended", "all"] = "none"
     """ONNX Runtime transformer fusions before quantizing; auto keeps them only when measured faster."""
-    calibration_samples: int = Field(128, ge=1)
+    calibration_samples: Integer = Field(128, ge=1)
     """Training texts used to calibrate activation ranges (mode: static)."""
-    max_accuracy_drop_pts: float | None = Field(None, ge=0)
+    max_accuracy_drop_pts: Number | None = Field(None, ge=0)
     """Validation accuracy budget vs the fp32 ONNX, in points; over it, sensitive layers fall back to fp32."""
     fallback: Literal["layer", "node"] = "layer"
     """Granularity of the fp32 fallback: whole encoder layers, or single MatMul nodes."""
 
 
 class BenchmarkSpec(Strict):
-    threads: int = Field(1, ge=1)
+    threads: Integer = Field(1, ge=1)
     """Intra-op threads per model for batch-1 latency; the accuracy and throughput passes use every core."""
-    latency_samples: int = Field(200, ge=1)
-    warmup: int = Field(20, ge=0)
-    batch_size: int = Field(32, ge=1)
+    latency_samples: Integer = Field(200, ge=1)
+    warmup: Integer = Field(20, ge=0)
+    batch_size: Integer = Field(32, ge=1)
     """Batch size for the accuracy pass (not for latency, which is batch 1)."""
     out_of_scope_label: str | None = None
     """The class meaning "none of the others" (CLINC150's `oos`): the report adds in-scope accuracy and
     out-of-scope recall for it."""
-    optimum_baseline: bool = False
+    optimum_baseline: Flag = False
     """Also measure the distilled student as Optimum's defaults ship it (optimum export + ORTQuantizer
     avx512_vnni dynamic preset), as the variant `optimum-int8`."""
 
@@ -310,13 +351,13 @@ class BenchmarkSpec(Strict):
 class GatesSpec(Strict):
     """Sign-off gates: the student INT8 ONNX variant against the teacher. Unset gates are not checked."""
 
-    max_accuracy_drop_pts: float | None = Field(None, ge=0)
-    max_latency_p90_ms: float | None = Field(None, gt=0)
-    max_size_mb: float | None = Field(None, gt=0)
-    min_speedup_p50: float | None = Field(None, gt=0)
-    min_compression: float | None = Field(None, gt=0)
-    min_accuracy: float | None = Field(None, ge=0, le=1)
-    beat_optimum_baseline: bool = False
+    max_accuracy_drop_pts: Number | None = Field(None, ge=0)
+    max_latency_p90_ms: Number | None = Field(None, gt=0)
+    max_size_mb: Number | None = Field(None, gt=0)
+    min_speedup_p50: Number | None = Field(None, gt=0)
+    min_compression: Number | None = Field(None, gt=0)
+    min_accuracy: Number | None = Field(None, ge=0, le=1)
+    beat_optimum_baseline: Flag = False
     """The candidate must be at least as accurate, as fast (p50) and as small as the `optimum-int8` variant."""
 
 
@@ -325,7 +366,7 @@ class Recipe(Strict):
 
     name: str = Field(pattern=NAME_PATTERN)
     """Run name; the run folder is runs/<name>. Letters, digits, `_.-` only (it cannot escape the run root)."""
-    seed: int = Field(42, ge=0, lt=SEED_LIMIT)
+    seed: Integer = Field(42, ge=0, lt=SEED_LIMIT)
     data: DataSpec
     teacher: TeacherSpec
     student: StudentSpec
@@ -373,21 +414,25 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
             problems.append(problem)
     unsafe = structure_problems(raw)
     if unsafe:  # not even safe to hand to the schema validator
-        raise RecipeError(str(path), problems + unsafe, hint=_hint_for(path))
+        raise RecipeError(str(path), problems + unsafe, hint=fix_hint(path))
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:  # report override and schema problems together
         problems += _describe_errors(exc, raw)
     if problems:
-        raise RecipeError(str(path), problems, hint=_hint_for(path))
+        raise RecipeError(str(path), problems, hint=fix_hint(path))
     try:
         return _resolve_paths(recipe, path.resolve().parent)
     except _PathProblem as exc:
-        raise RecipeError(str(path), [str(exc)], hint=_hint_for(path)) from None
+        raise RecipeError(str(path), [str(exc)], hint=fix_hint(path)) from None
 
 
-def _hint_for(path: Path) -> str:
+def fix_hint(path: str | Path) -> str:
+    """The hint of a RecipeError about fields of the recipe at `path`."""
     return f"fix the fields above, then check with: edgekd validate {path}"
+
+
+NOT_A_RECIPE_HINT = "pass a YAML recipe such as recipes/smoke.yaml (not a data, model or binary file)"
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -396,40 +441,80 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         if path.stat().st_size > MAX_RECIPE_BYTES:
             raise RecipeError(
-                str(path), [f"the file is larger than {MAX_RECIPE_BYTES // 1024} KB: not a recipe"]
+                str(path),
+                [f"the file is larger than {MAX_RECIPE_BYTES // 1024} KB: not a recipe"],
+                hint=NOT_A_RECIPE_HINT,
             )
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise RecipeError(str(path), ["the file is not UTF-8 text"]) from None
+        raise RecipeError(str(path), ["the file is not UTF-8 text"], hint=NOT_A_RECIPE_HINT) from None
     except OSError as exc:
-        raise RecipeError(str(path), [f"cannot read the file: {exc.strerror or exc}"]) from None
+        raise RecipeError(
+            str(path),
+            [f"cannot read the file: {exc.strerror or exc}"],
+            hint="check that the file is readable (its permissions), or pass another recipe",
+        ) from None
     data = _parse_yaml(text, str(path))
     if data is None:
         raise RecipeError(str(path), ["the recipe is empty"], hint="start from recipes/smoke.yaml")
     if not isinstance(data, dict):
-        raise RecipeError(str(path), [f"a recipe is a mapping of sections, got {type(data).__name__}"])
+        raise RecipeError(
+            str(path),
+            [f"a recipe is a mapping of sections, got {type(data).__name__}"],
+            hint="write the sections as top-level keys (name:, data:, teacher:, student:, ...), "
+            "as in recipes/smoke.yaml",
+        )
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping (PyYAML silently keeps the last, so
+    a recipe with two `distill:` sections would lose the first without a word). Keys brought in by a `<<`
+    merge may still be overridden: that is what merging is for."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            self._refuse_duplicate_keys(node)
+        return super().construct_mapping(node, deep=deep)
+
+    def _refuse_duplicate_keys(self, node: yaml.MappingNode) -> None:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue  # merges are allowed to repeat keys; complex keys are refused by PyYAML itself
+            key = self.construct_object(key_node)
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"the key {_clip(key, 40)} is given twice (first at line {first_line[key] + 1}); "
+                    "keep one",
+                    key_node.start_mark,
+                )
+            first_line[key] = key_node.start_mark.line
+
+
 def _parse_yaml(text: str, source: str) -> Any:
-    """`yaml.safe_load` with every way it can fail turned into a RecipeError naming `source`."""
+    """`yaml.safe_load` (refusing duplicate keys) with every way it can fail turned into a RecipeError
+    naming `source`."""
+    hint = f"fix the YAML there (indent with spaces; quote text containing ': ' or ' #'), then run: edgekd validate {source}"
     if flow_nesting_estimate(text) > MAX_DEPTH:
         # PyYAML's scanner slows down quadratically with bracket depth (seconds at a few hundred levels).
-        raise RecipeError(source, [f"YAML nested more than {MAX_DEPTH} levels deep"])
+        raise RecipeError(source, [f"YAML nested more than {MAX_DEPTH} levels deep"], hint=hint)
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects, no code
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise RecipeError(source, [f"not valid YAML{where}: {problem}"]) from None
+        raise RecipeError(source, [f"not valid YAML{where}: {problem}"], hint=hint) from None
     except RecursionError:
-        raise RecipeError(source, [f"YAML nested more than {MAX_DEPTH} levels deep"]) from None
+        raise RecipeError(source, [f"YAML nested more than {MAX_DEPTH} levels deep"], hint=hint) from None
     except (ValueError, OverflowError) as exc:
         # The YAML is well-formed but a scalar cannot become a Python value: an integer of thousands of
         # digits (Python's int-to-string limit) or an impossible date such as 2024-13-45.
         raise RecipeError(
-            source, [f"not valid YAML: a value cannot be read ({_clip(str(exc), 100)})"]
+            source, [f"not valid YAML: a value cannot be read ({_clip(str(exc), 100)})"], hint=hint
         ) from None
 
 
@@ -544,10 +629,11 @@ def _describe_errors(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
             where = _join_field(where if i else "", part)
         if err["type"] == "extra_forbidden":
             valid = _valid_keys(loc[:-1])
-            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
+            by_lower = {name.lower(): name for name in valid}  # `EPOCHS` is `epochs` misspelt
+            close = difflib.get_close_matches(loc[-1].lower(), list(by_lower), n=1, cutoff=0.6)
             msg = f"{where}: unknown field"
             if close:
-                msg += f"; did you mean '{close[0]}'?"
+                msg += f"; did you mean '{by_lower[close[0]]}'?"
             elif valid:
                 msg += f"; valid fields: {', '.join(valid)}"
         elif err["type"] == "missing":
@@ -635,6 +721,13 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
     data = recipe.data
     if data.path is not None:
         data.path = _resolve_field("data.path", _resolve_data_path, data.path, base)
+        # One source is used, in order: the folder next to the recipe, the one under the data root, the Hub.
+        # Only the source in use stays in the recipe, so a local run's cache keys do not depend on the fallback.
+        if data.hub is not None:
+            if Path(data.path).exists():
+                data.hub = data.hub_config = None
+            else:
+                data.path = None
     for section, spec in (("teacher", recipe.teacher), ("student", recipe.student)):
         if spec.model is not None and spec.model != "teacher":
             spec.model = _resolve_field(f"{section}.model", resolve_local, spec.model, base)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -241,7 +241,7 @@ def run_stage(
         raise _write_failure(exc, stage, run_dir, final) from None
 
     ctx = StageContext(recipe=recipe, run_dir=run_dir, inputs={n: run_dir / n for n in stage.needs}, log=log)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     t0 = time.perf_counter()
     # On failure the partial folder stays (marked with its key) so a re-run can resume from checkpoints;
     # it never looks finished because it is not at its final name.

@@ -22,14 +22,10 @@ CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "traine
 
 
 def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+    """The CPU's instruction-set flags; empty where the OS does not list them (only Linux's /proc does)."""
+    from edgekd.envinfo import cpu_flag_names
+
+    return cpu_flag_names()
 
 
 def choose_precision(setting: str) -> str:

@@ -237,7 +237,7 @@ def _recipe(toy_data: Path, **gates: float) -> Recipe:
             "name": "bench-test",
             "seed": 3,
             "data": {"path": str(toy_data), "max_length": MAX_LENGTH},
-            "teacher": {"config": {"model_type": "bert"}},
+            "teacher": {"config": {"model_type": "bert"}, "tokenizer": {"vocab_size": 300}},
             "student": {"init": "layers", "layers": [0]},
             "benchmark": {"threads": 1, "latency_samples": 10, "warmup": 2, "batch_size": 32},
             "gates": gates,

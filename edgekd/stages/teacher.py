@@ -7,14 +7,16 @@ Out: model/ (Hugging Face folder with tokenizer), log_history.json, stage.json.
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from edgekd.data import Splits, load_splits
 from edgekd.distributed import barrier, is_main_process, world_size
-from edgekd.errors import DataError
+from edgekd.errors import DataError, StageError
 from edgekd.models import build_from_config, load_classifier, model_labels, resolve_tokenizer
-from edgekd.recipe import Recipe
+from edgekd.recipe import Recipe, TeacherSpec
 from edgekd.stage import CHECKPOINTS_FOLDER, StageContext, StageResult, fingerprint_path
 from edgekd.training import (
     accuracy_metric,
@@ -28,6 +30,10 @@ from edgekd.training import (
     training_arguments,
 )
 
+# Settings of the teacher section that judge the finished teacher instead of shaping it. They stay out of the
+# stage's cache key, so changing one never re-trains a teacher (hours on the real recipes).
+RESULT_CHECKS = frozenset({"min_gain_over_majority_pts"})
+
 
 class TeacherStage:
     name = "teacher"
@@ -40,7 +46,7 @@ class TeacherStage:
             "seed": recipe.seed,
             "data": recipe.data.model_dump(mode="json"),
             "data_files": fingerprint_path(recipe.data.path),
-            "teacher": recipe.teacher.model_dump(mode="json"),
+            "teacher": recipe.teacher.model_dump(mode="json", exclude=set(RESULT_CHECKS)),
             "teacher_files": fingerprint_path(recipe.teacher.model),
         }
 
@@ -157,5 +163,85 @@ def finetune(
         "best_checkpoint": trainer.state.best_model_checkpoint
         and Path(trainer.state.best_model_checkpoint).name,
         "epochs_run": round(trainer.state.epoch or 0.0, 3),
+        "steps": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        # Early stopping is the only way the Trainer ends before its planned steps (a bad loss raises).
+        "early_stopped": trainer.state.global_step < trainer.state.max_steps,
         "world_size": world_size(),
     }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Did the teacher learn anything? Checked by the pipeline after this stage, fresh or reused from the cache.
+
+
+def judge_teacher(
+    spec: TeacherSpec, metrics: dict[str, Any], validation_labels: Sequence[int], log: Callable[[str], None]
+) -> None:
+    """Log the teacher's validation accuracy (and any early stop), then refuse a teacher that is not clearly
+    better than always answering the most frequent class: distilling it would only copy chance, and the drop
+    gate would still pass because it compares the student with that same teacher.
+
+    A teacher used as-is (already a classifier) has no validation accuracy in its metrics: not checked.
+
+    Args:
+        spec: The recipe's teacher section (`min_gain_over_majority_pts`: null or 0 turns the check off).
+        metrics: The teacher stage's metrics (its stage.json).
+        validation_labels: The label id of every validation row, as the teacher was evaluated on them.
+        log: Where the summary line goes.
+
+    Raises:
+        StageError: the teacher's validation accuracy is below what the check asks for.
+    """
+    accuracy = metrics.get("validation_accuracy")
+    if not isinstance(accuracy, int | float) or isinstance(accuracy, bool) or not validation_labels:
+        return
+    majority = majority_rate(validation_labels)
+    log(teacher_summary(float(accuracy), majority, metrics))
+    if not spec.min_gain_over_majority_pts:
+        return
+    needed = required_accuracy(majority, spec.min_gain_over_majority_pts)
+    # A NaN accuracy compares False, so it fails too; the epsilon keeps an exact tie from failing on rounding.
+    if accuracy + 1e-9 >= needed:
+        return
+    raise StageError(
+        f"the teacher learned nothing useful: validation accuracy {accuracy:.3f}, the majority class alone "
+        f"scores {majority:.3f} (this check asks for at least {needed:.3f})",
+        hint=_retrain_hint(spec, metrics),
+    )
+
+
+def majority_rate(label_ids: Sequence[int]) -> float:
+    """The accuracy of always answering the most frequent class."""
+    return max(Counter(label_ids).values()) / len(label_ids) if label_ids else 0.0
+
+
+def required_accuracy(majority: float, min_gain_pts: float) -> float:
+    """The majority rate plus `min_gain_pts` points, the gain capped at half the gap to 100%: at a majority
+    rate of 0.97 a teacher at 0.99 is useful, though only 2 points better."""
+    return majority + min(min_gain_pts / 100.0, (1.0 - majority) / 2.0)
+
+
+def teacher_summary(accuracy: float, majority: float, metrics: dict[str, Any]) -> str:
+    """One line: the teacher's validation accuracy against the majority class, and how its training ended."""
+    line = f"teacher: validation accuracy {accuracy:.4f} (the majority class alone: {majority:.4f})"
+    steps, max_steps, epochs = metrics.get("steps"), metrics.get("max_steps"), metrics.get("epochs_run")
+    if metrics.get("early_stopped"):
+        line += f"; early stopping ended training at step {steps} of {max_steps} (epoch {epochs})"
+    elif isinstance(epochs, int | float) and epochs:
+        line += f" after {epochs} epoch(s)"
+    return line
+
+
+def _retrain_hint(spec: TeacherSpec, metrics: dict[str, Any]) -> str:
+    if metrics.get("early_stopped"):
+        longer = "raise teacher.finetune.early_stopping_patience"
+    elif spec.finetune.max_steps:
+        longer = "raise teacher.finetune.max_steps"
+    else:
+        longer = "train longer (teacher.finetune.epochs)"
+    return (
+        f"{longer}, try another teacher.finetune.learning_rate (too high and too low both stall), check that "
+        "data.label_column holds the right labels, or set teacher.min_gain_over_majority_pts: null to skip "
+        "this check"
+    )
