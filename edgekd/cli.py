@@ -83,6 +83,61 @@ def validate(
 
 
 @app.command()
+def init(
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your data: one file of labelled rows (.csv, .jsonl, .json, .parquet) or a folder with train "
+            "and test files."
+        ),
+    ] = None,
+    example: Annotated[
+        str | None, typer.Option(help="Instead: copy a shipped example recipe and its data (smoke).")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="The recipe to write (default: recipe.yaml; <example>.yaml)."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Run name (default: the data's name).")] = None,
+    text_column: Annotated[str | None, typer.Option(help="The column of texts (default: detected).")] = None,
+    label_column: Annotated[
+        str | None, typer.Option(help="The column of classes (default: detected).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+) -> None:
+    """Write a commented recipe for your data (columns, classes, max_length, student, gates), or copy a
+    shipped example with its data. Then: edgekd validate RECIPE, edgekd compress RECIPE."""
+    from edgekd.errors import InputError
+    from edgekd.scaffold import DEFAULT_OUTPUT, init_recipe, write_example
+
+    if data is not None and example is None:
+        path = init_recipe(
+            data,
+            output or DEFAULT_OUTPUT,
+            name,
+            force,
+            text_column=text_column,
+            label_column=label_column,
+            log=_log,
+        )
+    elif example is not None and data is None:
+        if text_column or label_column:
+            raise InputError(
+                "--text-column and --label-column go with --data", hint="leave them out with --example"
+            )
+        path = write_example(example, output, name=name, force=force)
+    else:
+        raise InputError(
+            "pass either --data or --example",
+            hint="e.g. edgekd init --data my.csv (your data), or edgekd init --example smoke",
+        )
+    out.print(Text(f"wrote {path}"), highlight=False, soft_wrap=True)
+    out.print(
+        Text(f"next:  edgekd validate {path}  then  edgekd compress {path}"), highlight=False, soft_wrap=True
+    )
+
+
+@app.command()
 def assets(
     models_dir: Annotated[Path, typer.Option(help="Where to place the model folders.")] = Path("models"),
     only: Annotated[

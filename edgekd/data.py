@@ -118,7 +118,7 @@ def load_splits(spec: DataSpec, seed: int = 42, *, model_labels: Sequence[str] |
             labels = spec.labels
         else:
             raw = {split: _read_split(source, split, spec, repaired) for split in SPLIT_ALIASES}
-            labels = spec.labels or _read_labels_file(source)
+            labels = spec.labels or read_labels_file(source)
     trainless = raw["train"] is None and model_labels is not None
     if raw["train"] is None and not trainless:
         raise DataError(
@@ -252,7 +252,8 @@ def _data_root_named() -> str:
     return f"the data root {root}" if root else "a data root (EDGEKD_DATA_ROOT is not set)"
 
 
-def _split_file(folder: Path, split: str) -> Path | None:
+def split_file(folder: Path, split: str) -> Path | None:
+    """The file of `split` in a data folder (any alias, any suffix), or None."""
     for name in SPLIT_ALIASES[split]:
         for suffix in SUFFIXES:
             candidate = folder / f"{name}{suffix}"
@@ -261,7 +262,12 @@ def _split_file(folder: Path, split: str) -> Path | None:
     return None
 
 
-def _read_labels_file(folder: Path) -> list[str] | None:
+def read_labels_file(folder: Path) -> list[str] | None:
+    """The class names of the folder's labels.txt in id order, or None without one.
+
+    Raises:
+        DataError: an unreadable, empty or duplicated list.
+    """
     path = folder / "labels.txt"
     if not path.is_file():
         return None
@@ -285,13 +291,23 @@ def _read_labels_file(folder: Path) -> list[str] | None:
 def _read_split(
     folder: Path, split: str, spec: DataSpec, repaired: Counter[str]
 ) -> list[tuple[str, Any]] | None:
-    path = _split_file(folder, split)
+    path = split_file(folder, split)
     if path is None:
         return None
     return _read_data_file(path, spec, repaired)
 
 
 def _read_data_file(path: Path, spec: DataSpec, repaired: Counter[str]) -> list[tuple[str, Any]]:
+    records = read_records(path, repaired)
+    return [_row(path, i, record, spec) for i, record in enumerate(records, start=1)]
+
+
+def read_records(path: Path, repaired: Counter[str] | None = None) -> list[Any]:
+    """Every row of one data file as stored (a dict of columns for a well-formed file).
+
+    Raises:
+        DataError: naming the file, for an empty, unreadable or malformed one.
+    """
     try:
         records = list(_read_records(path, repaired))
     except UnicodeDecodeError as exc:
@@ -304,7 +320,7 @@ def _read_data_file(path: Path, spec: DataSpec, repaired: Counter[str]) -> list[
         raise DataError(f"{path}: cannot read: {first_line(exc)}", hint=_READ_HINT) from None
     if not records:
         raise DataError(f"{path}: the file has no rows", hint="add rows to it, or remove the file")
-    return [_row(path, i, record, spec) for i, record in enumerate(records, start=1)]
+    return records
 
 
 def _row(path: Path, i: int, record: Any, spec: DataSpec) -> tuple[str, Any]:

@@ -72,8 +72,9 @@ class DataSpec(Strict):
     """Where the data lives and how to read it."""
 
     path: str | None = None
-    """Local folder with train/validation/test files (jsonl, jsonl.gz, csv, parquet). Relative paths resolve
-    against the recipe file, then under $EDGEKD_DATA_ROOT."""
+    """Local folder with train/validation/test files (jsonl, jsonl.gz, csv, parquet), or one such file of all the
+    labelled rows (edgekd.data.TEST_FRACTION held out for test). Relative paths resolve against the recipe
+    file, then under $EDGEKD_DATA_ROOT."""
     hub: str | None = None
     """A Hugging Face Hub dataset id, for online users (e.g. `fancyzhx/ag_news`)."""
     hub_config: str | None = None

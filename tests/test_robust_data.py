@@ -122,7 +122,7 @@ def test_teacher_with_other_labels_stops_before_training(
     folder = make_folder(tmp_path / "data", {"train.jsonl": TRAIN, "test.jsonl": TEST})
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
-        f"name: t\ndata: {{path: {folder}}}\nteacher: {{model: {tiny_classifier_dir}}}\n"
+        f"name: t\ndata: {{path: {folder}, max_length: 32}}\nteacher: {{model: {tiny_classifier_dir}}}\n"
         "student: {init: layers, layers: [0]}\n"
     )
     run_dir = tmp_path / "run"
