@@ -274,6 +274,30 @@ class UnlabeledSpec(Strict):
     """Use at most this many texts (the first N after a seeded shuffle)."""
 
 
+AugmentMethod = Literal["mask", "delete", "neighbours"]
+AUGMENT_METHODS: tuple[AugmentMethod, ...] = ("mask", "delete", "neighbours")
+
+
+class AugmentSpec(Strict):
+    """New training texts made from the train split and labelled by the teacher (KD term only, like
+    `unlabeled`): see edgekd/augment.py."""
+
+    factor: Integer = Field(1, ge=1, le=100)
+    """New rows per original row (an upper bound: duplicates are dropped)."""
+    methods: list[AugmentMethod] = Field(default_factory=lambda: list(AUGMENT_METHODS), min_length=1)
+    """Taking turns row after row: word masking, deletion / n-gram sampling, nearest-neighbour replacement."""
+    seed: Integer | None = Field(None, ge=0, lt=SEED_LIMIT)
+    """Default: distill.seed."""
+
+    @field_validator("methods")
+    @classmethod
+    def _each_once(cls, v: list[str]) -> list[str]:
+        repeated = sorted({m for m in v if v.count(m) > 1})
+        if repeated:
+            raise ValueError(f"list each method once (repeated: {', '.join(repeated)})")
+        return v
+
+
 class DistillSpec(Strict):
     """Distillation: loss = alpha*CE + (1-alpha)*T^2*KL(softmax(t/T) || softmax(s/T)) + intermediate losses."""
 
@@ -290,6 +314,8 @@ class DistillSpec(Strict):
     losses: LossesSpec = LossesSpec()
     search: SearchSpec = SearchSpec()
     unlabeled: UnlabeledSpec | None = None
+    augment: AugmentSpec | None = None
+    """Off by default; left out of the stage key while off, so existing runs keep their cache."""
 
 
 class ExportSpec(Strict):

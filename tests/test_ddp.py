@@ -32,6 +32,10 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.
         str(run_dir),
         "--set",
         "teacher.finetune.epochs=2",
+        # Two epochs of a tiny teacher split over two processes sometimes stay at chance (0.25): this test is
+        # about the processes, not the teacher, so the learned-nothing check is off here.
+        "--set",
+        "teacher.min_gain_over_majority_pts=null",
         "--set",
         "distill.epochs=1",
         "--set",

@@ -24,7 +24,7 @@ def _recipe(toy_data: Path, baseline: bool = True, **gates: object) -> Recipe:
             "name": "baseline-test",
             "seed": 3,
             "data": {"path": str(toy_data), "max_length": 32},
-            "teacher": {"config": {"model_type": "bert"}},
+            "teacher": {"config": {"model_type": "bert"}, "tokenizer": {"vocab_size": 300}},
             "student": {"init": "layers", "layers": [0]},
             "benchmark": {"threads": 1, "latency_samples": 8, "warmup": 2, "optimum_baseline": baseline},
             "gates": gates,

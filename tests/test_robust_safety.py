@@ -73,7 +73,7 @@ def test_the_cli_refuses_a_pickled_teacher_before_any_training(
 ) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
-        f"name: t\ndata: {{path: {REPO / 'recipes' / 'data' / 'toy_topics'}}}\n"
+        f"name: t\ndata: {{path: {REPO / 'recipes' / 'data' / 'toy_topics'}, max_length: 32}}\n"
         f"teacher: {{model: {pickled_model_dir}}}\nstudent: {{init: layers, layers: [0]}}\n"
     )
     run_dir = tmp_path / "run"

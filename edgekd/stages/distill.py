@@ -1,7 +1,7 @@
 """Distill stage: train the student on the teacher's soft targets plus the gold labels.
 
 In:  teacher/model (from the teacher stage), recipe.student, recipe.distill, the data
-     (+ distill.unlabeled texts, which the teacher labels).
+     (+ distill.unlabeled texts and distill.augment's new texts, which the teacher labels).
 Out: model/ (student, Hugging Face folder with tokenizer), log_history.json, stage.json
      (+ search.json when distill.search.n_trials > 0).
 
@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekd.augment import AugmentedSet, augment_texts, embedding_neighbours
 from edgekd.data import Splits, load_splits
 from edgekd.distributed import barrier, is_distributed, is_main_process, main_process_first, world_size
 from edgekd.errors import InputError, StageError
@@ -86,7 +87,10 @@ class DistillStage:
             "student_files": fingerprint_path(
                 recipe.student.model if recipe.student.model != "teacher" else None
             ),
-            "distill": recipe.distill.model_dump(mode="json"),
+            # `augment` joins the key only when set: recipes from before it keep their distill stage.
+            "distill": recipe.distill.model_dump(
+                mode="json", exclude={"augment"} if recipe.distill.augment is None else None
+            ),
             "unlabeled_files": fingerprint_path(unlabeled.path if unlabeled else None),
         }
 
@@ -101,6 +105,9 @@ class DistillStage:
         unlabeled = load_unlabeled_texts(spec.unlabeled, recipe.seed)
         teacher_dir = ctx.inputs["teacher"] / "model"
         precision = choose_precision(spec.precision)
+        augment_started = time.perf_counter()
+        augmented = augmented_transfer_set(spec, splits.texts("train"), teacher_dir, ctx)
+        augment_seconds = time.perf_counter() - augment_started
         with main_process_first():  # rank 0 fills the cache; the other ranks then read it
             logits = {
                 split: cached_teacher_logits(teacher_dir, splits.texts(split), split, recipe, ctx)
@@ -108,10 +115,19 @@ class DistillStage:
             }
             if unlabeled:
                 logits["unlabeled"] = cached_teacher_logits(teacher_dir, unlabeled, "unlabeled", recipe, ctx)
+            if augmented is not None and augmented.texts:
+                labelling_started = time.perf_counter()
+                logits["augmented"] = cached_teacher_logits(
+                    teacher_dir, augmented.texts, "augmented", recipe, ctx
+                )
+                augment_seconds += time.perf_counter() - labelling_started
         seed_everything(spec.seed)  # before any fresh head or model is initialised
         student, tokenizer = build_student(recipe, splits, teacher_dir)
         plan = plan_for_models(recipe, teacher_dir, student)
-        data = distill_data(splits, unlabeled, logits, tokenizer, teacher_dir, plan, recipe.data.max_length)
+        augmented_texts = augmented.texts if augmented is not None else []
+        data = distill_data(
+            splits, unlabeled, logits, tokenizer, teacher_dir, plan, recipe.data.max_length, augmented_texts
+        )
         job = TrainJob(recipe, data, plan, teacher_dir, precision, ctx)
         if spec.search.n_trials:
             trained, record = search_student(job, tokenizer, out_dir)
@@ -125,6 +141,10 @@ class DistillStage:
                 trained.model, tokenizer, out_dir / "model", out_dir / CHECKPOINTS_FOLDER
             )
         metrics = {**trained.metrics, "params": sum(p.numel() for p in trained.model.parameters())}
+        if augmented is not None:
+            metrics["augmentation"] = augmentation_metrics(
+                augmented, logits.get("augmented"), splits.labels, augment_seconds
+            )
         return StageResult(metrics=metrics)
 
 
@@ -265,6 +285,47 @@ def teacher_logits(teacher_dir: Path, texts: list[str], max_length: int, desc: s
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Augmented transfer set
+
+
+def augmented_transfer_set(
+    spec: DistillSpec, train_texts: list[str], teacher_dir: Path, ctx: StageContext
+) -> AugmentedSet | None:
+    """`distill.augment`'s new texts (None when it is off), made with the teacher's tokenizer and embeddings."""
+    augment = spec.augment
+    if augment is None:
+        return None
+    tokenizer = load_tokenizer(str(teacher_dir))
+    # Without a mask token the unknown token still hides the word from the teacher.
+    mask_token = tokenizer.mask_token or tokenizer.unk_token or "[UNK]"
+    neighbours = None
+    if "neighbours" in augment.methods:
+        embedding_layer: Any = load_classifier(str(teacher_dir)).get_input_embeddings()
+        embeddings = embedding_layer.weight.detach().float().numpy()
+        neighbours = embedding_neighbours(
+            embeddings, tokenizer.get_vocab(), tokenizer.all_special_tokens, train_texts
+        )
+    seed = augment.seed if augment.seed is not None else spec.seed
+    augmented = augment_texts(train_texts, augment.methods, augment.factor, seed, mask_token, neighbours)
+    made = ", ".join(f"{n} by {m}" for m, n in augmented.counts().items())
+    ctx.log(f"augmented transfer set: {len(augmented.texts)} new rows from {len(train_texts)} ({made})")
+    return augmented
+
+
+def augmentation_metrics(
+    augmented: AugmentedSet, logits: Any, labels: list[str], seconds: float
+) -> dict[str, Any]:
+    """Rows per method, the teacher's label distribution on them (argmax counts) and the time taken."""
+    predicted = np.asarray(logits).argmax(-1) if logits is not None and len(augmented.texts) else np.array([])
+    return {
+        "rows": len(augmented.texts),
+        "rows_per_method": augmented.counts(),
+        "teacher_label_counts": {label: int((predicted == i).sum()) for i, label in enumerate(labels)},
+        "seconds": round(seconds, 2),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Training data
 
 
@@ -289,20 +350,26 @@ def distill_data(
     teacher_dir: Path,
     plan: IntermediatePlan | None,
     max_length: int,
+    augmented: list[str] | None = None,
 ) -> DistillData:
-    """Tokenize once (every search trial reuses it) and attach the cached teacher outputs."""
+    """Tokenize once (every search trial reuses it) and attach the cached teacher outputs.
+
+    Rows without a label (unlabelled text, then augmented text) follow the labelled ones with label -100.
+    """
     from datasets import Dataset, concatenate_datasets
 
     train_rows = splits.dataset("train")
     train_logits = logits["train"]
-    if unlabeled:
-        extra = Dataset.from_dict({"text": unlabeled, "label": [-100] * len(unlabeled)})
-        train_rows = concatenate_datasets([train_rows, extra])
-        train_logits = np.concatenate([train_logits, logits["unlabeled"]])
+    augmented = augmented or []
+    for split, extra_texts in (("unlabeled", unlabeled), ("augmented", augmented)):
+        if extra_texts:
+            extra = Dataset.from_dict({"text": extra_texts, "label": [-100] * len(extra_texts)})
+            train_rows = concatenate_datasets([train_rows, extra])
+            train_logits = np.concatenate([train_logits, logits[split]])
     teacher_ids, teacher_pad_id = None, None
     if plan is not None:
         teacher_tokenizer = load_tokenizer(str(teacher_dir))
-        texts = splits.texts("train") + unlabeled
+        texts = splits.texts("train") + unlabeled + augmented
         teacher_ids = teacher_ids_for_student_tokens(teacher_tokenizer, tokenizer, texts, max_length, "train")
         teacher_pad_id = teacher_tokenizer.pad_token_id
     train = tokenize(train_rows, tokenizer, max_length)
