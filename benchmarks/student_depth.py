@@ -14,7 +14,8 @@ exports with edgekd's exporter, quantizes with the settings `weight_type: auto` 
 tensor with --per-channel off/both: on AVX2 per-channel costs latency), and measures the median single-thread
 batch-1 latency over real test texts, all models in one process, interleaved over several rounds so machine noise
 hits them alike. With --teacher-p50-ms (a reference measured by the benchmark
-stage) it adds the speed-up each depth would give.
+stage) it adds the speed-up each depth would give. With --ffn-keep 1 0.34 each depth is also measured with only
+that share of its feed-forward neurons (`student.prune.ffn_keep`; which neurons does not matter for latency).
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ from edgekd.quant_search import batch1_latency_ms
 from edgekd.recipe import DataSpec, QuantizeSpec
 from edgekd.stages.export import export_onnx, onnx_file_bytes
 from edgekd.stages.quantize import quantization_settings, quantize_model, resolve_weight_type
+from edgekd.structured_prune import PrunePlan, apply_plan, ffn_width, kept_count, prunable_layers
 
 
-def truncated_copy(model_dir: Path, depth: int, out_dir: Path) -> None:
-    """Save `model_dir` with only its first `depth` encoder layers (tokenizer files copied alongside)."""
+def truncated_copy(model_dir: Path, depth: int, out_dir: Path, ffn_keep: float = 1.0) -> None:
+    """Save `model_dir` with only its first `depth` encoder layers and `ffn_keep` of each layer's feed-forward
+    neurons (tokenizer files copied alongside)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
@@ -45,14 +48,17 @@ def truncated_copy(model_dir: Path, depth: int, out_dir: Path) -> None:
         raise SystemExit(f"{model_dir} has {len(encoder.layer)} layers; depth {depth} asked")
     encoder.layer = encoder.layer[:depth]
     model.config.num_hidden_layers = depth
+    if ffn_keep < 1.0:
+        kept = list(range(kept_count(ffn_width(prunable_layers(model)[0]), ffn_keep)))
+        apply_plan(model, PrunePlan(ffn_kept=[kept] * depth))
     model.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out_dir)
 
 
-def exported_depth(model_dir: Path, depth: int, work: Path) -> Path:
+def exported_depth(model_dir: Path, depth: int, work: Path, ffn_keep: float = 1.0) -> Path:
     """The fp32 ONNX folder of the first `depth` layers of `model_dir` (with the tokenizer files)."""
-    truncated, exported = work / f"pt-{depth}", work / f"onnx-{depth}"
-    truncated_copy(model_dir, depth, truncated)
+    truncated, exported = work / f"pt-{depth}-{ffn_keep:g}", work / f"onnx-{depth}-{ffn_keep:g}"
+    truncated_copy(model_dir, depth, truncated, ffn_keep)
     export_onnx(truncated, exported, opset=17)
     return exported
 
@@ -71,6 +77,9 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("--data", type=Path, required=True, help="a data folder with a test split")
     parser.add_argument("--depths", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument(
+        "--ffn-keep", type=float, nargs="+", default=[1.0], help="shares of FFN neurons kept, in (0, 1]"
+    )
     parser.add_argument("--texts", type=int, default=300)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
@@ -78,26 +87,33 @@ def main() -> None:
     parser.add_argument("--teacher-p50-ms", type=float, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/student_depth.json"))
     args = parser.parse_args()
+    if any(not 0 < keep <= 1 for keep in args.ffn_keep):
+        parser.error("--ffn-keep values must be in (0, 1]")
 
     texts = load_splits(DataSpec(path=str(args.data.resolve()), max_length=args.max_length)).texts("test")
     texts = texts[: args.texts]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         per_channel = {"on": [True], "off": [False], "both": [True, False]}[args.per_channel]
-        exported = {depth: exported_depth(args.model, depth, work) for depth in args.depths}
-        models = {(depth, pc): int8_model(exported[depth], pc) for depth in args.depths for pc in per_channel}
-        timings: dict[tuple[int, bool], list[float]] = {key: [] for key in models}
+        shapes = [(depth, keep) for depth in args.depths for keep in args.ffn_keep]
+        exported = {(d, k): exported_depth(args.model, d, work, k) for d, k in shapes}
+        models = {(*shape, pc): int8_model(exported[shape], pc) for shape in shapes for pc in per_channel}
+        timings: dict[tuple[int, float, bool], list[float]] = {key: [] for key in models}
         for _ in range(args.rounds):
             for key, path in models.items():
                 timings[key].append(batch1_latency_ms(path, path.parent, texts, args.max_length))
         rows: list[dict[str, Any]] = []
-        for (depth, pc), path in models.items():
-            p50 = statistics.median(timings[depth, pc])
+        for (depth, keep, pc), path in models.items():
+            p50 = statistics.median(timings[depth, keep, pc])
             row = {
                 "depth": depth,
+                "ffn_keep": keep,
+                "intermediate_size": json.loads((path.parent / "config.json").read_text())[
+                    "intermediate_size"
+                ],
                 "per_channel": pc,
                 "int8_p50_ms": round(p50, 3),
-                "rounds_ms": [round(t, 3) for t in timings[depth, pc]],
+                "rounds_ms": [round(t, 3) for t in timings[depth, keep, pc]],
             }
             row["int8_onnx_mb"] = round(onnx_file_bytes(path) / 1e6, 2)
             if args.teacher_p50_ms:

@@ -155,12 +155,25 @@ class TeacherSpec(ModelSpec):
         return self
 
 
+class PruneSpec(Strict):
+    """Structured pruning of a BERT-family student before distillation (edgekd/structured_prune.py)."""
+
+    ffn_keep: Number = Field(1.0, gt=0, le=1)
+    """Share of each layer's feed-forward neurons kept (the same count in every layer)."""
+    heads_keep: Number = Field(1.0, gt=0, le=1)
+    """Share of each layer's attention heads kept (at least one)."""
+    batches: Integer = Field(8, ge=1, le=10_000)
+    """Training batches (distill.batch_size rows) the importance scores are summed over."""
+
+
 class StudentSpec(ModelSpec):
     """The student. `init: layers` copies the listed layers of `model` (default: the teacher)."""
 
     model: str | None = None
     init: Literal["pretrained", "layers", "config"] = "pretrained"
     layers: list[Integer] | None = None
+    prune: PruneSpec | None = None
+    """Remove feed-forward neurons and heads, scored on the teacher's signal; distillation then recovers."""
 
     @model_validator(mode="before")
     @classmethod
@@ -316,6 +329,8 @@ class DistillSpec(Strict):
     unlabeled: UnlabeledSpec | None = None
     augment: AugmentSpec | None = None
     """Off by default; left out of the stage key while off, so existing runs keep their cache."""
+    labelling: Literal["auto", "torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"] = "auto"
+    """How the teacher labels texts (see edgekd/labelling.py); left out of the stage key while auto."""
 
 
 class ExportSpec(Strict):

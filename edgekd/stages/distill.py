@@ -40,6 +40,13 @@ from edgekd.intermediate import (
     shape_of,
     teacher_ids_for_student_tokens,
 )
+from edgekd.labelling import (
+    TeacherLabeller,
+    labeller_for,
+    logits_cache_key,
+    teacher_identity,
+    torch_teacher_logits,
+)
 from edgekd.losses import distillation_loss
 from edgekd.models import (
     build_from_config,
@@ -54,11 +61,10 @@ from edgekd.stage import (
     StageContext,
     StageResult,
     fingerprint_path,
-    read_stage_json,
-    stable_hash,
     write_atomically,
     write_json,
 )
+from edgekd.structured_prune import PruneOutcome, PrunePlan, apply_plan, prune_for_distillation
 from edgekd.training import (
     accuracy_metric,
     choose_precision,
@@ -83,13 +89,16 @@ class DistillStage:
         return {
             "seed": recipe.seed,
             "data": recipe.data.model_dump(mode="json"),
-            "student": recipe.student.model_dump(mode="json"),
+            # `prune` joins the key only when set: recipes from before it keep their distill stage.
+            "student": recipe.student.model_dump(
+                mode="json", exclude={"prune"} if recipe.student.prune is None else None
+            ),
             "student_files": fingerprint_path(
                 recipe.student.model if recipe.student.model != "teacher" else None
             ),
-            # `augment` joins the key only when set: recipes from before it keep their distill stage.
+            # `augment` and `labelling` join the key only when set: recipes from before them keep their stage.
             "distill": recipe.distill.model_dump(
-                mode="json", exclude={"augment"} if recipe.distill.augment is None else None
+                mode="json", exclude=distill_fields_left_out(recipe.distill)
             ),
             "unlabeled_files": fingerprint_path(unlabeled.path if unlabeled else None),
         }
@@ -108,17 +117,22 @@ class DistillStage:
         augment_started = time.perf_counter()
         augmented = augmented_transfer_set(spec, splits.texts("train"), teacher_dir, ctx)
         augment_seconds = time.perf_counter() - augment_started
+        labeller = labeller_for(
+            recipe, teacher_dir, ctx.run_dir / "cache", splits.texts("validation"), ctx.log
+        )
         with main_process_first():  # rank 0 fills the cache; the other ranks then read it
             logits = {
-                split: cached_teacher_logits(teacher_dir, splits.texts(split), split, recipe, ctx)
+                split: cached_teacher_logits(teacher_dir, splits.texts(split), split, recipe, ctx, labeller)
                 for split in ("train", "validation")
             }
             if unlabeled:
-                logits["unlabeled"] = cached_teacher_logits(teacher_dir, unlabeled, "unlabeled", recipe, ctx)
+                logits["unlabeled"] = cached_teacher_logits(
+                    teacher_dir, unlabeled, "unlabeled", recipe, ctx, labeller
+                )
             if augmented is not None and augmented.texts:
                 labelling_started = time.perf_counter()
                 logits["augmented"] = cached_teacher_logits(
-                    teacher_dir, augmented.texts, "augmented", recipe, ctx
+                    teacher_dir, augmented.texts, "augmented", recipe, ctx, labeller
                 )
                 augment_seconds += time.perf_counter() - labelling_started
         seed_everything(spec.seed)  # before any fresh head or model is initialised
@@ -128,7 +142,8 @@ class DistillStage:
         data = distill_data(
             splits, unlabeled, logits, tokenizer, teacher_dir, plan, recipe.data.max_length, augmented_texts
         )
-        job = TrainJob(recipe, data, plan, teacher_dir, precision, ctx)
+        pruned = prune_student_before_training(student, tokenizer, data, recipe, ctx)
+        job = TrainJob(recipe, data, plan, teacher_dir, precision, ctx, pruned.plan if pruned else None)
         if spec.search.n_trials:
             trained, record = search_student(job, tokenizer, out_dir)
             if is_main_process():
@@ -141,6 +156,9 @@ class DistillStage:
                 trained.model, tokenizer, out_dir / "model", out_dir / CHECKPOINTS_FOLDER
             )
         metrics = {**trained.metrics, "params": sum(p.numel() for p in trained.model.parameters())}
+        metrics["labelling"] = labeller.record()
+        if pruned is not None:
+            metrics["prune"] = pruned.metrics
         if augmented is not None:
             metrics["augmentation"] = augmentation_metrics(
                 augmented, logits.get("augmented"), splits.labels, augment_seconds
@@ -190,6 +208,28 @@ def build_student(recipe: Recipe, splits: Splits, teacher_dir: Path) -> tuple[An
     return model, tokenizer
 
 
+def prune_student_before_training(
+    student: Any, tokenizer: Any, data: DistillData, recipe: Recipe, ctx: StageContext
+) -> PruneOutcome | None:
+    """`student.prune`: score the units with the distillation loss against the cached teacher logits, prune
+    the student in place (None when pruning is off); training then recovers what was removed."""
+    spec = recipe.student.prune
+    if spec is None:
+        return None
+    distill = recipe.distill
+    return prune_for_distillation(
+        student,
+        tokenizer,
+        data.train,
+        spec,
+        distill.alpha,
+        distill.temperature,
+        distill.batch_size,
+        distill.seed,
+        ctx.log,
+    )
+
+
 def plan_for_models(recipe: Recipe, teacher_dir: Path, student: Any) -> IntermediatePlan | None:
     """The intermediate-loss plan checked against the real teacher and student (the pipeline checked the
     recipe's configs before training already; this also covers the Python API and `student.init: config`)."""
@@ -208,33 +248,56 @@ def plan_for_models(recipe: Recipe, teacher_dir: Path, student: Any) -> Intermed
 # Teacher outputs
 
 
+def distill_fields_left_out(spec: DistillSpec) -> set[str]:
+    """DistillSpec fields kept out of the stage key while at their default (added after runs were cached)."""
+    left_out: set[str] = set()
+    if spec.augment is None:
+        left_out.add("augment")
+    if spec.labelling == "auto":
+        left_out.add("labelling")
+    return left_out
+
+
 def cached_teacher_logits(
-    teacher_dir: Path, texts: list[str], split: str, recipe: Recipe, ctx: StageContext
+    teacher_dir: Path,
+    texts: list[str],
+    split: str,
+    recipe: Recipe,
+    ctx: StageContext,
+    labeller: TeacherLabeller | None = None,
 ) -> Any:
-    """The teacher's logits for every text of `split`, from <run>/cache/ or computed once and stored there."""
-    teacher_record = read_stage_json(teacher_dir.parent) or {}
-    key = stable_hash(
-        {
-            "teacher": teacher_record.get("key") or fingerprint_path(str(teacher_dir)),
-            "texts": stable_hash(texts),
-            "max_length": recipe.data.max_length,
-        }
-    )
-    path = ctx.run_dir / "cache" / f"teacher_logits-{split}-{key}.npy"
-    if path.is_file():
+    """The teacher's logits for every text of `split`, from <run>/cache/ or computed once and stored there.
+
+    The labeller (default: `distill.labelling`'s, checked on `texts`) picks the backend; torch-fp32 logits keep
+    the cache key of earlier edgekd versions, other backends' carry their tag (edgekd/labelling.py).
+    """
+    cache_dir = ctx.run_dir / "cache"
+    labeller = labeller or labeller_for(recipe, teacher_dir, cache_dir, texts, ctx.log)
+    teacher = teacher_identity(teacher_dir)
+
+    def cache_path(backend: str) -> Path:
+        key = logits_cache_key(teacher, texts, recipe.data.max_length, backend)
+        return cache_dir / f"teacher_logits-{split}-{key}.npy"
+
+    for backend in labeller.acceptable_caches():
+        path = cache_path(backend)
+        if not path.is_file():
+            continue
         cached = load_cached_logits(path, len(texts))
         if cached is not None:
             ctx.log(f"teacher logits for {split}: cached ({path.name})")
+            labeller.note_cached(split, len(texts), backend)
             return cached
         ctx.log(
             f"warning: the cached teacher logits {path} are truncated or unreadable: computing them again"
         )
     t0 = time.perf_counter()
-    logits = teacher_logits(teacher_dir, texts, recipe.data.max_length, split)
+    logits, backend = labeller.label(texts, split)
+    path = cache_path(backend)
     path.parent.mkdir(parents=True, exist_ok=True)
     # fsync'ed and renamed into place: a kill or power cut never leaves a cache file that looks complete
     write_atomically(path, lambda handle: np.save(handle, logits))
-    ctx.log(f"teacher logits for {split}: {len(logits)} rows in {time.perf_counter() - t0:.1f}s")
+    ctx.log(f"teacher logits for {split} ({backend}): {len(logits)} rows in {time.perf_counter() - t0:.1f}s")
     return logits
 
 
@@ -259,29 +322,8 @@ def load_cached_logits(path: Path, rows: int) -> Any:
 
 
 def teacher_logits(teacher_dir: Path, texts: list[str], max_length: int, desc: str = "") -> Any:
-    """Batched fp32 teacher inference, sorted by length so batches carry little padding."""
-    import torch
-
-    from edgekd.progress import track
-
-    model = load_classifier(str(teacher_dir)).eval()
-    tokenizer = load_tokenizer(str(teacher_dir))
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    batch = 64
-    with torch.inference_mode():
-        starts = range(0, len(order), batch)
-        for start in track(starts, len(starts), f"teacher logits ({desc or 'texts'})", "batches"):
-            idx = order[start : start + batch]
-            enc = tokenizer(
-                [texts[i] for i in idx],
-                truncation=True,
-                max_length=max_length,
-                padding=True,
-                return_tensors="pt",
-            )
-            out[idx] = model(**enc).logits.float().numpy()
-    return out
+    """Batched fp32 PyTorch teacher inference, sorted by length so batches carry little padding."""
+    return torch_teacher_logits(teacher_dir, texts, max_length, desc)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -405,6 +447,7 @@ class TrainJob:
     teacher_dir: Path
     precision: str
     ctx: StageContext
+    prune: PrunePlan | None = None  # applied to every fresh student (search trials build their own)
 
 
 @dataclass
@@ -519,6 +562,8 @@ def search_student(job: TrainJob, tokenizer: Any, out_dir: Path) -> tuple[Traine
     def train_trial(params: dict[str, Any], callbacks: list[Any]) -> tuple[TrainedStudent, dict[str, Any]]:
         seed_everything(spec.seed)  # every trial starts from the same student initialisation
         student, _ = build_student(recipe, splits, job.teacher_dir)
+        if job.prune is not None:
+            apply_plan(student, job.prune)
         checkpoints = trial_root / f"trial-{next(trial_numbers)}"
         try:
             trained = train_student(

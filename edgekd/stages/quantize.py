@@ -387,8 +387,10 @@ def fuse_graph(fp32_path: Path, support_dir: Path, level: str, out_path: Path) -
         model = optimize_model(
             str(fp32_path),
             model_type="bert",
-            num_heads=int(config.get("num_attention_heads", 0)),
-            hidden_size=int(config.get("hidden_size", 0)),
+            # A head-pruned student keeps fewer heads than config.num_attention_heads says (transformers records
+            # them in pruned_heads): 0 and 0 let the optimizer read the real sizes from the graph.
+            num_heads=0 if config.get("pruned_heads") else int(config.get("num_attention_heads", 0)),
+            hidden_size=0 if config.get("pruned_heads") else int(config.get("hidden_size", 0)),
             opt_level=OPT_LEVELS[level],
             use_gpu=False,
         )
