@@ -20,7 +20,7 @@ from typing import Any
 from edgekd.data import Splits, load_splits
 from edgekd.errors import InputError, RecipeError, RunLockedError, StageError, resource_error
 from edgekd.recipe import Recipe, fix_hint, load_recipe, recipe_to_yaml
-from edgekd.stage import Stage, run_stage, write_json
+from edgekd.stage import Stage, acquire_or_refuse, run_stage, write_json
 
 RUNS_ROOT = Path("runs")
 
@@ -83,18 +83,13 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     marker file, which a killed run would leave behind: with `on_acquired`, filelock refuses to fall back to one
     on a filesystem without flock, and that becomes a one-line error about the folder.
     """
-    from filelock import FileLock, Timeout
-
-    # preserve_lock_file: the folder looks the same on every OS (Windows would delete the file on release).
-    lock = FileLock(str(run_dir / ".lock"), preserve_lock_file=True, on_acquired=_write_pid)
+    busy = RunLockedError(
+        f"another edgekd process is running in {run_dir}",
+        hint="wait for it to finish, or use --output-dir for a separate run",
+    )
     with writing_in(run_dir, "creating the lock file"):
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise RunLockedError(
-                f"another edgekd process is running in {run_dir}",
-                hint="wait for it to finish, or use --output-dir for a separate run",
-            ) from None
+        # preserve_lock_file: the folder looks the same on every OS (Windows would delete the file on release).
+        lock = acquire_or_refuse(run_dir / ".lock", busy, preserve_lock_file=True, on_acquired=_write_pid)
     try:
         yield
     finally:

@@ -158,6 +158,26 @@ def file_digest(path: Path) -> str:
     return _DIGESTS[memo_key]
 
 
+def acquire_or_refuse(
+    lock_path: Path,
+    busy: EdgekdError,
+    *,
+    preserve_lock_file: bool = False,
+    on_acquired: Callable[[int], None] | None = None,
+) -> Any:
+    """Take the OS lock on `lock_path` at once (flock; LockFileEx on Windows), or raise `busy` when another
+    process holds it. The OS drops the lock when its holder dies, even by SIGKILL. Returns the held
+    `filelock.FileLock`; release it when done."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_path), preserve_lock_file=preserve_lock_file, on_acquired=on_acquired)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise busy from None
+    return lock
+
+
 def read_stage_json(folder: Path) -> dict[str, Any] | None:
     try:
         return json.loads((folder / STAGE_FILE).read_text())

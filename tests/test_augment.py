@@ -213,7 +213,7 @@ def test_augmented_rows_carry_the_teacher_logits_and_no_hard_label(tiny_classifi
 def test_compress_with_augmentation_records_what_it_made(tmp_path: Path) -> None:
     """The smoke recipe end to end through the CLI: the teacher labels the new rows (cached like any split)
     and distill/stage.json counts them per method and per teacher label."""
-    from edgekd.stages.distill import teacher_logits
+    from edgekd.labelling import torch_teacher_logits
 
     run_dir = tmp_path / "run"
     result = subprocess.run(
@@ -251,7 +251,7 @@ def test_compress_with_augmentation_records_what_it_made(tmp_path: Path) -> None
     splits = load_splits(recipe.data, recipe.seed)
     texts = augment_texts(splits.texts("train"), ["mask", "delete"], 2, recipe.distill.seed, "[MASK]").texts
     assert len(texts) == made["rows"]
-    predicted = teacher_logits(run_dir / "teacher" / "model", texts, recipe.data.max_length).argmax(-1)
+    predicted = torch_teacher_logits(run_dir / "teacher" / "model", texts, recipe.data.max_length).argmax(-1)
     expected = {label: int((predicted == i).sum()) for i, label in enumerate(splits.labels)}
     assert made["teacher_label_counts"] == expected
     assert len(list((run_dir / "cache").glob("teacher_logits-augmented-*.npy"))) == 1

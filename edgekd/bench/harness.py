@@ -63,7 +63,7 @@ from edgekd.progress import TaskProgress
 from edgekd.recipe import SEED_LIMIT, DataSpec, GatesSpec
 from edgekd.report import evaluate_gates, write_report_md
 from edgekd.size import folder_size, onnx_model_path, param_count
-from edgekd.stage import write_json
+from edgekd.stage import acquire_or_refuse, write_json
 
 N_BOOT = 1000
 # Other processes using more than this share of the cores competed with the measurements.
@@ -362,18 +362,13 @@ def report_folder_lock(out_dir: Path) -> Iterator[None]:
     Raises:
         RunLockedError: Another process holds the lock.
     """
-    from filelock import FileLock, Timeout
-
+    busy = RunLockedError(
+        f"another edgekd benchmark is writing its report into {out_dir}",
+        hint="wait for it to finish, or pass another folder with --output-dir",
+    )
     with writing_report(out_dir, "creating the report folder and its lock"):
         out_dir.mkdir(parents=True, exist_ok=True)
-        folder_lock = FileLock(str(out_dir / LOCK_FILE))
-        try:
-            folder_lock.acquire(timeout=0)
-        except Timeout:
-            raise RunLockedError(
-                f"another edgekd benchmark is writing its report into {out_dir}",
-                hint="wait for it to finish, or pass another folder with --output-dir",
-            ) from None
+        folder_lock = acquire_or_refuse(out_dir / LOCK_FILE, busy)
     try:
         yield
     finally:

@@ -45,7 +45,6 @@ from edgekd.labelling import (
     labeller_for,
     logits_cache_key,
     teacher_identity,
-    torch_teacher_logits,
 )
 from edgekd.losses import distillation_loss
 from edgekd.models import (
@@ -319,11 +318,6 @@ def load_cached_logits(path: Path, rows: int) -> Any:
         and bool(np.isfinite(logits).all())
     )
     return logits if whole else None
-
-
-def teacher_logits(teacher_dir: Path, texts: list[str], max_length: int, desc: str = "") -> Any:
-    """Batched fp32 PyTorch teacher inference, sorted by length so batches carry little padding."""
-    return torch_teacher_logits(teacher_dir, texts, max_length, desc)
 
 
 # ----------------------------------------------------------------------------------------------------------
