@@ -14,8 +14,9 @@ exports with edgekd's exporter, quantizes with the settings `weight_type: auto` 
 tensor with --per-channel off/both: on AVX2 per-channel costs latency), and measures the median single-thread
 batch-1 latency over real test texts, all models in one process, interleaved over several rounds so machine noise
 hits them alike. With --teacher-p50-ms (a reference measured by the benchmark
-stage) it adds the speed-up each depth would give. With --ffn-keep 1 0.34 each depth is also measured with only
-that share of its feed-forward neurons (`student.prune.ffn_keep`; which neurons does not matter for latency).
+stage) it adds the speed-up each depth would give. With --ffn-keep 1 0.34 (and --heads-keep 1 0.5) each depth is also
+measured with only that share of its feed-forward neurons and attention heads (`student.prune`; which units does
+not matter for latency).
 """
 
 from __future__ import annotations
@@ -34,12 +35,21 @@ from edgekd.quant_search import batch1_latency_ms
 from edgekd.recipe import DataSpec, QuantizeSpec
 from edgekd.stages.export import export_onnx, onnx_file_bytes
 from edgekd.stages.quantize import quantization_settings, quantize_model, resolve_weight_type
-from edgekd.structured_prune import PrunePlan, apply_plan, ffn_width, kept_count, prunable_layers
+from edgekd.structured_prune import (
+    PrunePlan,
+    apply_plan,
+    ffn_width,
+    head_count,
+    kept_count,
+    prunable_layers,
+)
 
 
-def truncated_copy(model_dir: Path, depth: int, out_dir: Path, ffn_keep: float = 1.0) -> None:
-    """Save `model_dir` with only its first `depth` encoder layers and `ffn_keep` of each layer's feed-forward
-    neurons (tokenizer files copied alongside)."""
+def truncated_copy(
+    model_dir: Path, depth: int, out_dir: Path, ffn_keep: float = 1.0, heads_keep: float = 1.0
+) -> None:
+    """Save `model_dir` with only its first `depth` encoder layers, `ffn_keep` of each layer's feed-forward
+    neurons and `heads_keep` of its attention heads (tokenizer files copied alongside)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
@@ -48,17 +58,25 @@ def truncated_copy(model_dir: Path, depth: int, out_dir: Path, ffn_keep: float =
         raise SystemExit(f"{model_dir} has {len(encoder.layer)} layers; depth {depth} asked")
     encoder.layer = encoder.layer[:depth]
     model.config.num_hidden_layers = depth
-    if ffn_keep < 1.0:
-        kept = list(range(kept_count(ffn_width(prunable_layers(model)[0]), ffn_keep)))
-        apply_plan(model, PrunePlan(ffn_kept=[kept] * depth))
+    if ffn_keep < 1.0 or heads_keep < 1.0:
+        first = prunable_layers(model)[0]
+        kept = list(range(kept_count(ffn_width(first), ffn_keep)))
+        heads = head_count(first)
+        removed = list(range(heads - kept_count(heads, heads_keep)))
+        apply_plan(
+            model, PrunePlan(ffn_kept=[kept] * depth, heads_removed=dict.fromkeys(range(depth), removed))
+        )
     model.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out_dir)
 
 
-def exported_depth(model_dir: Path, depth: int, work: Path, ffn_keep: float = 1.0) -> Path:
+def exported_depth(
+    model_dir: Path, depth: int, work: Path, ffn_keep: float = 1.0, heads_keep: float = 1.0
+) -> Path:
     """The fp32 ONNX folder of the first `depth` layers of `model_dir` (with the tokenizer files)."""
-    truncated, exported = work / f"pt-{depth}-{ffn_keep:g}", work / f"onnx-{depth}-{ffn_keep:g}"
-    truncated_copy(model_dir, depth, truncated, ffn_keep)
+    name = f"{depth}-{ffn_keep:g}-{heads_keep:g}"
+    truncated, exported = work / f"pt-{name}", work / f"onnx-{name}"
+    truncated_copy(model_dir, depth, truncated, ffn_keep, heads_keep)
     export_onnx(truncated, exported, opset=17)
     return exported
 
@@ -80,6 +98,9 @@ def main() -> None:
     parser.add_argument(
         "--ffn-keep", type=float, nargs="+", default=[1.0], help="shares of FFN neurons kept, in (0, 1]"
     )
+    parser.add_argument(
+        "--heads-keep", type=float, nargs="+", default=[1.0], help="shares of attention heads kept, in (0, 1]"
+    )
     parser.add_argument("--texts", type=int, default=300)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
@@ -87,33 +108,36 @@ def main() -> None:
     parser.add_argument("--teacher-p50-ms", type=float, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/student_depth.json"))
     args = parser.parse_args()
-    if any(not 0 < keep <= 1 for keep in args.ffn_keep):
-        parser.error("--ffn-keep values must be in (0, 1]")
+    if any(not 0 < keep <= 1 for keep in args.ffn_keep + args.heads_keep):
+        parser.error("--ffn-keep and --heads-keep values must be in (0, 1]")
 
     texts = load_splits(DataSpec(path=str(args.data.resolve()), max_length=args.max_length)).texts("test")
     texts = texts[: args.texts]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         per_channel = {"on": [True], "off": [False], "both": [True, False]}[args.per_channel]
-        shapes = [(depth, keep) for depth in args.depths for keep in args.ffn_keep]
-        exported = {(d, k): exported_depth(args.model, d, work, k) for d, k in shapes}
+        shapes = [(d, f, h) for d in args.depths for f in args.ffn_keep for h in args.heads_keep]
+        exported = {(d, f, h): exported_depth(args.model, d, work, f, h) for d, f, h in shapes}
         models = {(*shape, pc): int8_model(exported[shape], pc) for shape in shapes for pc in per_channel}
-        timings: dict[tuple[int, float, bool], list[float]] = {key: [] for key in models}
+        timings: dict[tuple[int, float, float, bool], list[float]] = {key: [] for key in models}
         for _ in range(args.rounds):
             for key, path in models.items():
                 timings[key].append(batch1_latency_ms(path, path.parent, texts, args.max_length))
         rows: list[dict[str, Any]] = []
-        for (depth, keep, pc), path in models.items():
-            p50 = statistics.median(timings[depth, keep, pc])
+        for (depth, keep, heads_keep, pc), path in models.items():
+            p50 = statistics.median(timings[depth, keep, heads_keep, pc])
+            config = json.loads((path.parent / "config.json").read_text())
             row = {
                 "depth": depth,
                 "ffn_keep": keep,
+                "heads_keep": heads_keep,
+                "pruned_heads": sum(len(h) for h in (config.get("pruned_heads") or {}).values()),
                 "intermediate_size": json.loads((path.parent / "config.json").read_text())[
                     "intermediate_size"
                 ],
                 "per_channel": pc,
                 "int8_p50_ms": round(p50, 3),
-                "rounds_ms": [round(t, 3) for t in timings[depth, keep, pc]],
+                "rounds_ms": [round(t, 3) for t in timings[depth, keep, heads_keep, pc]],
             }
             row["int8_onnx_mb"] = round(onnx_file_bytes(path) / 1e6, 2)
             if args.teacher_p50_ms:

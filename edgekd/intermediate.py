@@ -118,10 +118,13 @@ def recipe_shapes(recipe: Recipe) -> tuple[ModelShape, ModelShape]:
         else shape_of(config_of(spec.model, None, spec.trust_remote_code), f"student source {spec.model}")
     )
     if spec.init == "layers":
-        check_layer_subset(
-            spec.layers or [], source.layers, "teacher" if spec.model == "teacher" else spec.model
-        )
-        return teacher, ModelShape(len(spec.layers or []), source.width, source.heads)
+        name = "teacher" if spec.model == "teacher" else spec.model
+        # with student.budget every candidate must exist in the source (the recipe refuses budget + losses,
+        # so the shape returned is only checked, never planned with)
+        layer_lists = [c.layers for c in spec.budget.candidates] if spec.budget else [spec.layers or []]
+        for layers in layer_lists:
+            check_layer_subset(layers, source.layers, name)
+        return teacher, ModelShape(len(layer_lists[0]), source.width, source.heads)
     return teacher, source
 
 

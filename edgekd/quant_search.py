@@ -127,10 +127,12 @@ class OnnxEvaluator:
         return Evaluation(accuracy=float(np.mean(logits.argmax(-1) == self.labels)), logits=logits)
 
 
-def batch1_latency_ms(onnx_path: Path, support_dir: Path, texts: list[str], max_length: int) -> float:
-    """Median single-thread, batch-1 latency in ms over `texts` (run twice, after a short warm-up)."""
+def batch1_latency_ms(
+    onnx_path: Path, support_dir: Path, texts: list[str], max_length: int, threads: int = 1
+) -> float:
+    """Median batch-1 latency in ms over `texts` (run twice, after a short warm-up), single-thread by default."""
     tokenizer = load_tokenizer(support_dir, max_length)
-    session = create_session(onnx_path, threads=1)
+    session = create_session(onnx_path, threads=threads)
     names = check_graph_inputs(session, onnx_path.parent)
     output = session.get_outputs()[0].name
     feeds = []

@@ -166,6 +166,34 @@ class PruneSpec(Strict):
     """Training batches (distill.batch_size rows) the importance scores are summed over."""
 
 
+def _check_layer_list(v: list[int]) -> list[int]:
+    if len(set(v)) != len(v) or any(i < 0 for i in v):
+        raise ValueError("'layers' must be distinct non-negative layer indices")
+    return v
+
+
+class StudentShape(Strict):
+    """One candidate of `student.budget`: the layers to copy and, optionally, how far to prune them."""
+
+    layers: list[Integer] = Field(min_length=1)
+    prune: PruneSpec | None = None
+
+    _layers_distinct = field_validator("layers")(_check_layer_list)
+
+
+class BudgetSpec(Strict):
+    """Choose the student's shape on this machine before distilling (edgekd/budget.py): each candidate is
+    built, exported and quantized as the pipeline would, its batch-1 INT8 latency timed against the teacher's,
+    and the first whose predicted speed-up clears `gates.min_speedup_p50` times `margin` is distilled."""
+
+    candidates: list[StudentShape] = Field(min_length=1, max_length=16)
+    """Best first (usually deepest first); the last should be one the gate surely allows."""
+    margin: Number = Field(1.1, ge=1.0, le=10.0)
+    """Safety factor on the speed gate: the benchmark's own measurement will differ by a few percent."""
+    texts: Integer = Field(100, ge=10, le=10_000)
+    """Validation texts timed for each candidate and for the teacher."""
+
+
 class StudentSpec(ModelSpec):
     """The student. `init: layers` copies the listed layers of `model` (default: the teacher)."""
 
@@ -174,6 +202,8 @@ class StudentSpec(ModelSpec):
     layers: list[Integer] | None = None
     prune: PruneSpec | None = None
     """Remove feed-forward neurons and heads, scored on the teacher's signal; distillation then recovers."""
+    budget: BudgetSpec | None = None
+    """Instead of `layers` and `prune`: candidates timed on this machine; the best the speed gate allows wins."""
 
     @model_validator(mode="before")
     @classmethod
@@ -189,11 +219,15 @@ class StudentSpec(ModelSpec):
             raise ValueError("init 'config' needs a 'config' with the architecture")
         if self.init in ("pretrained", "layers") and self.model is None:
             raise ValueError(f"init '{self.init}' needs a 'model' (folder, Hub id or 'teacher')")
-        if self.init == "layers":
+        if self.budget is not None:
+            if self.init != "layers":
+                raise ValueError("'budget' chooses among layer subsets: it needs init 'layers'")
+            if self.layers is not None or self.prune is not None:
+                raise ValueError("'budget' chooses 'layers' and 'prune': remove them, or remove 'budget'")
+        elif self.init == "layers":
             if not self.layers:
                 raise ValueError("init 'layers' needs 'layers', e.g. [0, 2, 4]")
-            if len(set(self.layers)) != len(self.layers) or any(i < 0 for i in self.layers):
-                raise ValueError("'layers' must be distinct non-negative layer indices")
+            _check_layer_list(self.layers)
         elif self.layers is not None:
             raise ValueError("'layers' is only used with init 'layers'")
         return self
@@ -430,6 +464,19 @@ class Recipe(Strict):
     def _baseline_gate_has_baseline(self) -> Recipe:
         if self.gates.beat_optimum_baseline and not self.benchmark.optimum_baseline:
             raise ValueError("gates.beat_optimum_baseline needs benchmark.optimum_baseline: true")
+        return self
+
+    @model_validator(mode="after")
+    def _budget_has_a_gate(self) -> Recipe:
+        if self.student.budget is None:
+            return self
+        if self.gates.min_speedup_p50 is None:
+            raise ValueError("student.budget sizes the student to gates.min_speedup_p50: set that gate")
+        losses = self.distill.losses
+        if losses.hidden.weight > 0 or losses.attention.weight > 0:
+            raise ValueError(
+                "student.budget does not combine with distill.losses (their layer maps need a fixed depth)"
+            )
         return self
 
 

@@ -214,6 +214,7 @@ def write_report_md(report: Mapping[str, Any], path: str | Path) -> None:
         _gates_section(report),
         _out_of_scope_section(report),
         _stage_times_section(report),
+        _student_budget_section(report),
         _sequence_length_section(report),
         _throughput_section(report),
         _per_class_section(report),
@@ -429,6 +430,39 @@ def _stage_times_section(report: Mapping[str, Any]) -> str:
         "the benchmark's own time is in `stage.json` next to this report."
     )
     return "## Where the time went\n\n" + note + "\n\n" + _table(["stage", "seconds", "share"], rows)
+
+
+def _student_budget_section(report: Mapping[str, Any]) -> str:
+    budget = report.get("student_budget")
+    if not budget:
+        return ""
+    rows = [
+        [
+            ("**" if i == budget["chosen"] else "") + f"layers {c['layers']}" + _prune_text(c.get("prune")),
+            _num(c.get("int8_p50_ms"), 2),
+            _times(c.get("predicted_speedup_p50")),
+        ]
+        for i, c in enumerate(budget.get("candidates", []))
+    ]
+    note = (
+        f"`student.budget` timed each candidate (INT8, batch 1, {budget.get('threads')} thread(s), "
+        f"{budget.get('texts')} validation texts) against the teacher ({_num(budget.get('teacher_p50_ms'), 1)} ms) "
+        f"before distilling and chose the first to reach {_times(budget.get('needed_speedup'))} (in bold). "
+        f"Predicted speed-up {_times(budget.get('predicted_speedup_p50'))}; measured by this benchmark "
+        f"{_times(budget.get('measured_speedup_p50'))}."
+    )
+    return (
+        "## Student size chosen for the speed gate\n\n"
+        + note
+        + "\n\n"
+        + _table(["candidate", "INT8 p50 ms", "predicted speed-up"], rows)
+    )
+
+
+def _prune_text(prune: Mapping[str, Any] | None) -> str:
+    if not prune:
+        return ""
+    return f", FFN {prune.get('ffn_keep'):g}, heads {prune.get('heads_keep'):g}"
 
 
 def _per_class_section(report: Mapping[str, Any]) -> str:

@@ -181,6 +181,7 @@ def benchmark_folders(
     training_logs: Mapping[str, Path] | None = None,
     relative_to: Path | None = None,
     stage_times: Sequence[Mapping[str, Any]] = (),
+    student_budget: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = print,
     lock: bool = False,
 ) -> dict[str, Any]:
@@ -200,6 +201,8 @@ def benchmark_folders(
         training_logs: Stage name -> Trainer log_history.json, plotted in report.html when the file exists.
         relative_to: Model folders are shown relative to this folder in the report (when inside it).
         stage_times: For a pipeline run, the wall time of each stage before the benchmark (where the time went).
+        student_budget: For a pipeline run with `student.budget`, the distill stage's record of the shapes it
+            timed; the report sets its predicted speed-up beside the candidate's measured one.
         log: Where progress lines go.
         lock: Hold a lock on `out_dir` (its .lock file) from before the first measurement to the last file
             written, so that two benchmarks cannot mix their files in one folder (`edgekd benchmark`; a
@@ -249,6 +252,7 @@ def benchmark_folders(
             training_logs=training_logs or {},
             relative_to=relative_to,
             stage_times=stage_times,
+            student_budget=student_budget,
             log=log,
         )
 
@@ -269,6 +273,7 @@ def _measure_and_report(
     training_logs: Mapping[str, Path],
     relative_to: Path | None,
     stage_times: Sequence[Mapping[str, Any]],
+    student_budget: Mapping[str, Any] | None,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """The measuring and writing half of `benchmark_folders`, on inputs that were checked."""
@@ -297,6 +302,9 @@ def _measure_and_report(
     )
     if stage_times:
         report["stage_times"] = [dict(t) for t in stage_times]
+    if student_budget:
+        measured_speedup = next(v["speedup_p50"] for v in variants if v["name"] == candidate)
+        report["student_budget"] = {**student_budget, "measured_speedup_p50": measured_speedup}
     write_report_files(report, measured, out_dir, training_logs)
     for warning in warnings:
         log(f"  warning: {warning}")

@@ -98,6 +98,7 @@ class BenchmarkStage:
             training_logs={s: ctx.inputs[s] / "log_history.json" for s in TRAINING_STAGES if s in ctx.inputs},
             relative_to=ctx.run_dir,
             stage_times=upstream_stage_times(ctx.run_dir, recipe),
+            student_budget=distill_budget_record(ctx.run_dir),
             log=ctx.log,
         )
         failed = [g["name"] for g in report["gates"] if not g["passed"]]
@@ -141,6 +142,15 @@ def upstream_stage_times(run_dir: Path, recipe: Recipe) -> list[dict[str, Any]]:
                 entry["carried_over_s"] = carried
             times.append(entry)
     return times
+
+
+def distill_budget_record(run_dir: Path) -> dict[str, Any] | None:
+    """The distill stage's `student.budget` record (the shapes it timed and chose), when it used one."""
+    from edgekd.stage import read_stage_json
+
+    record = read_stage_json(run_dir / "distill") or {}
+    budget = (record.get("metrics") or {}).get("budget")
+    return budget if isinstance(budget, dict) else None
 
 
 def _require_stage_output(model: ModelSpec) -> None:

@@ -88,9 +88,10 @@ class DistillStage:
         return {
             "seed": recipe.seed,
             "data": recipe.data.model_dump(mode="json"),
-            # `prune` joins the key only when set: recipes from before it keep their distill stage.
+            # `prune` and `budget` join the key only when set: recipes from before them keep their distill stage.
             "student": recipe.student.model_dump(
-                mode="json", exclude={"prune"} if recipe.student.prune is None else None
+                mode="json",
+                exclude={f for f in ("prune", "budget") if getattr(recipe.student, f) is None},
             ),
             "student_files": fingerprint_path(
                 recipe.student.model if recipe.student.model != "teacher" else None
@@ -106,12 +107,13 @@ class DistillStage:
         recipe = ctx.recipe
         spec = recipe.distill
         splits = load_splits(recipe.data, recipe.seed)
+        teacher_dir = ctx.inputs["teacher"] / "model"
+        recipe, budget = student_within_budget(recipe, teacher_dir, splits, ctx)
         if spec.search.n_trials and is_distributed():
             raise InputError(
                 "distill.search runs in a single process", hint="run the search without torchrun"
             )
         unlabeled = load_unlabeled_texts(spec.unlabeled, recipe.seed)
-        teacher_dir = ctx.inputs["teacher"] / "model"
         precision = choose_precision(spec.precision)
         augment_started = time.perf_counter()
         augmented = augmented_transfer_set(spec, splits.texts("train"), teacher_dir, ctx)
@@ -156,6 +158,8 @@ class DistillStage:
             )
         metrics = {**trained.metrics, "params": sum(p.numel() for p in trained.model.parameters())}
         metrics["labelling"] = labeller.record()
+        if budget is not None:
+            metrics["budget"] = budget
         if pruned is not None:
             metrics["prune"] = pruned.metrics
         if augmented is not None:
@@ -170,6 +174,9 @@ def preflight(recipe: Recipe, splits: Splits) -> None:
     layers and the intermediate losses (layer maps, widths, tokenization). One InputError/DataError line."""
     if recipe.distill.search.n_trials and is_distributed():
         raise InputError("distill.search runs in a single process", hint="run the search without torchrun")
+    if recipe.student.budget is not None and is_distributed():
+        # each process would time the candidates on a busy machine and might choose differently
+        raise InputError("student.budget runs in a single process", hint="run the recipe without torchrun")
     unlabeled = load_unlabeled_texts(recipe.distill.unlabeled, recipe.seed)
     preflight_intermediate(recipe, splits, unlabeled)
 
@@ -205,6 +212,22 @@ def build_student(recipe: Recipe, splits: Splits, teacher_dir: Path) -> tuple[An
     if model.config.num_labels != len(splits.labels):
         raise InputError(f"the student has {model.config.num_labels} outputs for {len(splits.labels)} labels")
     return model, tokenizer
+
+
+def student_within_budget(
+    recipe: Recipe, teacher_dir: Path, splits: Splits, ctx: StageContext
+) -> tuple[Recipe, dict[str, Any] | None]:
+    """With `student.budget`, the recipe with the chosen candidate's layers and pruning, and the budget record
+    (edgekd/budget.py); without, the recipe as it is and None. Single process only (see `preflight`)."""
+    if recipe.student.budget is None:
+        return recipe, None
+    from edgekd.budget import choose_student_shape
+
+    shape, record = choose_student_shape(
+        recipe, teacher_dir, splits.labels, splits.texts("validation"), ctx.log
+    )
+    student = recipe.student.model_copy(update={"layers": shape.layers, "prune": shape.prune})
+    return recipe.model_copy(update={"student": student}), record
 
 
 def prune_student_before_training(

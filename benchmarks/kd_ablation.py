@@ -1,0 +1,190 @@
+"""Which distillation levers carry the gain: the same student trained on the same cached teacher, one lever at a
+time, scored on the validation split.
+
+Why: a recipe change (depth, pruning, augmentation, epochs, the KD term itself) must be chosen on evidence, and
+on validation, before a full run spends an hour on it. Every variant reuses the run's finished teacher and its
+cached logits, so a variant costs only its student training (plus labelling new texts, for augmentation).
+
+Usage (RUN is a run folder whose teacher stage finished, e.g. `edgekd compress ... --output-dir RUN`):
+
+    .venv/bin/python benchmarks/kd_ablation.py recipes/ag_news.yaml --run-dir ~/edgekd-runs/ag_news \\
+        --variant recipe \\
+        --variant hard-labels distill.alpha=1.0 \\
+        --variant depth-1 "student.layers=[3]" student.prune=null distill.epochs=3 \\
+        --out benchmarks/results/kd_ablation.json
+
+Each `--variant NAME OVERRIDE...` is the recipe with those `--set`-style overrides. A variant's distill stage
+runs in RUN/ablation/NAME/ (teacher and cache are links to RUN's), or is read from RUN/distill/ when its stage key
+matches the one there; finished variants are skipped on the next call by the same stage keys `compress` uses.
+Rows are merged into --out by (recipe, name), so variants can be added call by call. Each row: validation
+accuracy of the trained student (and in-scope accuracy / out-of-scope recall with `benchmark.out_of_scope_label`),
+the teacher's on the same rows, the student's size, and the wall time the variant cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekd.bench.harness import check_out_of_scope_label, out_of_scope_scores
+from edgekd.envinfo import cpu_flags, cpu_model
+from edgekd.pipeline import preflight
+from edgekd.recipe import Recipe
+from edgekd.stage import read_stage_json, run_stage, stage_key
+from edgekd.stages.distill import DistillStage, load_cached_logits
+from edgekd.stages.teacher import TeacherStage
+
+
+def variant_dir(run_dir: Path, name: str) -> Path:
+    """RUN/ablation/NAME with links to RUN's teacher and logit cache (made once)."""
+    work = run_dir / "ablation" / name
+    work.mkdir(parents=True, exist_ok=True)
+    for shared in ("teacher", "cache"):
+        link = work / shared
+        if not link.exists():
+            link.symlink_to(run_dir / shared, target_is_directory=True)
+    return work
+
+
+def finished_teacher_key(recipe: Recipe, run_dir: Path) -> str:
+    """The teacher stage key, checked against RUN's finished teacher (a variant must never train one)."""
+    key = stage_key(TeacherStage(), recipe, {})
+    record = read_stage_json(run_dir / "teacher") or {}
+    if record.get("key") != key:
+        raise SystemExit(
+            f"{run_dir}/teacher is not this recipe's finished teacher (key {record.get('key')}, want {key}): "
+            "run `edgekd compress` into that folder first"
+        )
+    return key
+
+
+def distilled(recipe: Recipe, run_dir: Path, name: str, teacher_key: str) -> tuple[Path, dict[str, Any]]:
+    """The variant's distill folder and stage.json: RUN's own when the keys match, else trained (or cached)
+    under RUN/ablation/NAME."""
+    inputs = {"teacher": teacher_key}
+    key = stage_key(DistillStage(), recipe, inputs)
+    main = read_stage_json(run_dir / "distill")
+    if main and main.get("key") == key:
+        return run_dir / "distill", main
+    work = variant_dir(run_dir, name)
+    _, record, skipped = run_stage(DistillStage(), recipe, work, inputs, log=lambda m: print(f"[{name}] {m}"))
+    print(f"[{name}] distill {'cached' if skipped else 'trained'} (key {key})")
+    return work / "distill", record
+
+
+def validation_scores(recipe: Recipe, model_dir: Path, texts: list[str], gold: list[int], labels: list[str]):
+    """Accuracy (and out-of-scope scores) of the trained student on the validation rows."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    predicted: list[int] = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), 64):
+            batch = tokenizer(
+                texts[start : start + 64],
+                truncation=True,
+                max_length=recipe.data.max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+            predicted.extend(model(**batch).logits.argmax(-1).tolist())
+    scores: dict[str, Any] = {"validation_accuracy": float(np.mean(np.array(predicted) == np.array(gold)))}
+    oos = check_out_of_scope_label(recipe.benchmark.out_of_scope_label, labels)
+    if oos is not None:
+        scores.update(out_of_scope_scores(gold, np.array(predicted), oos))
+    scores["params"] = sum(p.numel() for p in model.parameters())
+    return scores
+
+
+def teacher_scores(recipe: Recipe, run_dir: Path, gold: list[int], labels: list[str]) -> dict[str, Any]:
+    """The teacher's accuracy on the same validation rows, from its cached logits."""
+    for path in sorted((run_dir / "cache").glob("teacher_logits-validation-*.npy")):
+        logits = load_cached_logits(path, len(gold))
+        if logits is None:
+            continue
+        predicted = logits.argmax(-1)
+        scores: dict[str, Any] = {"validation_accuracy": float(np.mean(predicted == np.array(gold)))}
+        oos = check_out_of_scope_label(recipe.benchmark.out_of_scope_label, labels)
+        if oos is not None:
+            scores.update(out_of_scope_scores(gold, predicted, oos))
+        return scores
+    raise SystemExit(f"{run_dir}/cache holds no validation logits: run the recipe's distill stage first")
+
+
+def ablation_row(name: str, overrides: list[str], record: dict[str, Any], scores: dict[str, Any]) -> dict:
+    metrics = record.get("metrics") or {}
+    augmentation = metrics.get("augmentation") or {}
+    prune = metrics.get("prune") or {}
+    return {
+        "name": name,
+        "overrides": overrides,
+        **{k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()},
+        "train_rows": metrics.get("train_rows"),
+        "augmented_rows": augmentation.get("rows", 0),
+        "epochs_run": metrics.get("epochs_run"),
+        "train_seconds": metrics.get("train_seconds"),
+        "augment_seconds": augmentation.get("seconds"),
+        "prune_seconds": prune.get("seconds"),
+        "stage_wall_seconds": round(record.get("wall_time_s", 0.0), 1),
+        "precision": metrics.get("precision"),
+        "distill_key": record.get("key"),
+    }
+
+
+def merged(out: Path, recipe_name: str, rows: list[dict[str, Any]], teacher: dict[str, Any]) -> dict:
+    """The results file with this call's rows replacing earlier rows of the same recipe and name."""
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    results = previous.get("recipes", {})
+    entry = results.get(recipe_name, {"rows": []})
+    names = {row["name"] for row in rows}
+    entry["rows"] = [r for r in entry["rows"] if r["name"] not in names] + rows
+    entry["teacher"] = teacher
+    entry["measured_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
+    entry["cpu"] = cpu_model()
+    entry["cpu_flags"] = cpu_flags()
+    results[recipe_name] = entry
+    return {"split": "validation", "recipes": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", type=Path)
+    parser.add_argument("--run-dir", type=Path, required=True, help="a run folder with a finished teacher")
+    parser.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        required=True,
+        metavar=("NAME", "OVERRIDE"),
+        help="a name, then the recipe overrides (a.b=value) that make the variant",
+    )
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/kd_ablation.json"))
+    args = parser.parse_args()
+
+    run_dir = args.run_dir.expanduser().resolve()
+    rows: list[dict[str, Any]] = []
+    teacher: dict[str, Any] = {}
+    for name, *overrides in args.variant:
+        recipe, splits = preflight(args.recipe, overrides)
+        gold, labels = splits.label_ids("validation"), splits.labels
+        teacher = teacher_scores(recipe, run_dir, gold, labels)
+        folder, record = distilled(recipe, run_dir, name, finished_teacher_key(recipe, run_dir))
+        scores = validation_scores(recipe, folder / "model", splits.texts("validation"), gold, labels)
+        row = ablation_row(name, overrides, record, scores)
+        print(json.dumps(row))
+        rows.append(row)
+        # written after every variant: a long ablation that is stopped keeps what it finished
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        result = merged(args.out, recipe.name, rows, teacher)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
