@@ -1,0 +1,65 @@
+"""benchmarks/kd_ablation.py: variants trained on a finished run's teacher and cached logits, scored on
+validation, merged into one results file; the recipe's own variant is read from the run, not trained again."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from edgekd.pipeline import compress
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = REPO / "recipes" / "smoke.yaml"
+QUICK = ["teacher.finetune.epochs=2", "distill.epochs=1"]
+
+
+def ablation(run_dir: Path, out: Path, *variants: list[str]) -> subprocess.CompletedProcess[str]:
+    args = [arg for variant in variants for arg in ("--variant", *variant)]
+    return subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "kd_ablation.py"),
+            str(SMOKE),
+            "--run-dir",
+            str(run_dir),
+            *args,
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=900,
+    )
+
+
+def test_variants_reuse_the_teacher_and_merge_into_one_file(tmp_path: Path) -> None:
+    run_dir, out = tmp_path / "run", tmp_path / "kd_ablation.json"
+    compress(SMOKE, QUICK, output_dir=run_dir, log=lambda message: None)
+    teacher_files = sorted(p.name for p in (run_dir / "teacher").iterdir())
+
+    done = ablation(run_dir, out, ["recipe", *QUICK], ["hard-labels", *QUICK, "distill.alpha=1.0"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    entry = result["recipes"]["smoke"]
+    recipe_row, hard = entry["rows"]
+    assert (recipe_row["name"], hard["name"]) == ("recipe", "hard-labels")
+    assert hard["overrides"][-1] == "distill.alpha=1.0"
+    main_key = json.loads((run_dir / "distill" / "stage.json").read_text())["key"]
+    assert recipe_row["distill_key"] == main_key, "the recipe's own variant is the run's distill stage"
+    assert hard["distill_key"] != main_key
+    assert not (run_dir / "ablation" / "recipe").exists()
+    assert (run_dir / "ablation" / "hard-labels" / "distill" / "model" / "config.json").is_file()
+    assert 0 <= hard["validation_accuracy"] <= 1 and 0 <= entry["teacher"]["validation_accuracy"] <= 1
+    assert hard["train_seconds"] > 0 and result["split"] == "validation"
+    assert sorted(p.name for p in (run_dir / "teacher").iterdir()) == teacher_files  # no teacher trained
+
+    again = ablation(run_dir, out, ["hard-labels", *QUICK, "distill.alpha=1.0"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "distill cached" in again.stdout
+    rows = json.loads(out.read_text())["recipes"]["smoke"]["rows"]
+    assert [r["name"] for r in rows] == ["recipe", "hard-labels"], "rows are replaced by name, not repeated"
