@@ -122,3 +122,32 @@ def test_compress_distils_the_chosen_shape_and_reports_predicted_against_measure
         "## Student size chosen for the speed gate" in markdown
         and "**layers [1], FFN 0.5, heads 0.5" in markdown
     )
+
+
+def test_a_resumed_distill_keeps_the_shape_chosen_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first invocation wrote its choice into the stage's working folder; the resumed one must not time
+    again (the machine may now choose another shape than the checkpoints have)."""
+    from types import SimpleNamespace
+
+    from edgekd.stages.distill import student_within_budget
+
+    def must_not_measure(*args: Any) -> None:
+        raise AssertionError("the budget was measured again on resume")
+
+    monkeypatch.setattr(budget, "choose_student_shape", must_not_measure)
+    recipe = load_recipe(SMOKE, BUDGET)
+    record_path = tmp_path / "budget.json"
+    record_path.write_text(json.dumps({"chosen": 0, "predicted_speedup_p50": 3.0}))
+    logged: list[str] = []
+    chosen, record = student_within_budget(
+        recipe,
+        tmp_path,
+        SimpleNamespace(),
+        SimpleNamespace(log=logged.append),
+        record_path,  # type: ignore[arg-type]
+    )
+    assert chosen.student.layers == [0, 1] and chosen.student.prune is None
+    assert record == {"chosen": 0, "predicted_speedup_p50": 3.0}
+    assert "resuming with the shape chosen before" in logged[0]

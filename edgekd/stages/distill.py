@@ -17,6 +17,7 @@ edgekd/distributed.py).
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -108,7 +109,7 @@ class DistillStage:
         spec = recipe.distill
         splits = load_splits(recipe.data, recipe.seed)
         teacher_dir = ctx.inputs["teacher"] / "model"
-        recipe, budget = student_within_budget(recipe, teacher_dir, splits, ctx)
+        recipe, budget = student_within_budget(recipe, teacher_dir, splits, ctx, out_dir / "budget.json")
         if spec.search.n_trials and is_distributed():
             raise InputError(
                 "distill.search runs in a single process", hint="run the search without torchrun"
@@ -215,17 +216,28 @@ def build_student(recipe: Recipe, splits: Splits, teacher_dir: Path) -> tuple[An
 
 
 def student_within_budget(
-    recipe: Recipe, teacher_dir: Path, splits: Splits, ctx: StageContext
+    recipe: Recipe, teacher_dir: Path, splits: Splits, ctx: StageContext, record_path: Path
 ) -> tuple[Recipe, dict[str, Any] | None]:
     """With `student.budget`, the recipe with the chosen candidate's layers and pruning, and the budget record
-    (edgekd/budget.py); without, the recipe as it is and None. Single process only (see `preflight`)."""
-    if recipe.student.budget is None:
+    (edgekd/budget.py); without, the recipe as it is and None. Single process only (see `preflight`).
+
+    The choice is written to `record_path` in the stage's working folder at once: a resumed run continues the
+    shape its checkpoints have, even when the machine would now choose another.
+    """
+    budget = recipe.student.budget
+    if budget is None:
         return recipe, None
     from edgekd.budget import choose_student_shape
 
-    shape, record = choose_student_shape(
-        recipe, teacher_dir, splits.labels, splits.texts("validation"), ctx.log
-    )
+    record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else None
+    if record is not None:
+        shape = budget.candidates[record["chosen"]]
+        ctx.log(f"student budget: resuming with the shape chosen before ({record_path.name})")
+    else:
+        shape, record = choose_student_shape(
+            recipe, teacher_dir, splits.labels, splits.texts("validation"), ctx.log
+        )
+        write_json(record_path, record)
     student = recipe.student.model_copy(update={"layers": shape.layers, "prune": shape.prune})
     return recipe.model_copy(update={"student": student}), record
 
