@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from recipe_history import DISTILL_KEYS, earlier
 
 from edgekd.augment import METHODS, augment_texts, embedding_neighbours, normalised, whole_words
 from edgekd.recipe import load_recipe
@@ -40,17 +41,9 @@ TABLE = {
     "strong": ["fierce", "solid", "mighty"],
 }
 
+
 # sha of DistillStage.params()["distill"] for every committed recipe before `distill.augment` existed: a teacher
 # or student trained for hours under these keys must still be found.
-DISTILL_KEYS = {
-    "ag_news.yaml": "414ff4c847b911cb",
-    "clinc150.yaml": "1d268a6130cfa487",
-    "quickstart.yaml": "577631cb39d89182",
-    "quickstart_intermediate.yaml": "53f9a5982c41f989",
-    "smoke.yaml": "c2ef7e04b7bc441a",
-}
-
-
 def make(methods: list[str], factor: int = 2, seed: int = 0, texts: list[str] = TEXTS):
     return augment_texts(texts, methods, factor, seed, "[MASK]", TABLE)
 
@@ -164,12 +157,12 @@ def test_sentencepiece_vocabularies_use_their_word_start_marker() -> None:
 @pytest.mark.parametrize("name", sorted(DISTILL_KEYS))
 def test_distill_key_is_unchanged_without_augment_and_changes_with_it(name: str) -> None:
     assert sorted(p.name for p in (REPO / "recipes").glob("*.yaml")) == sorted(DISTILL_KEYS)
-    recipe = load_recipe(REPO / "recipes" / name)
+    recipe = load_recipe(REPO / "recipes" / name, earlier(name))
     assert stable_hash(DistillStage().params(recipe)["distill"]) == DISTILL_KEYS[name]
-    augmented = load_recipe(REPO / "recipes" / name, ["distill.augment={factor: 2}"])
+    augmented = load_recipe(REPO / "recipes" / name, [*earlier(name), "distill.augment={factor: 2}"])
     params = DistillStage().params(augmented)["distill"]
     assert params["augment"] == {"factor": 2, "methods": list(METHODS), "seed": None}
-    other = load_recipe(REPO / "recipes" / name, ["distill.augment={factor: 3}"])
+    other = load_recipe(REPO / "recipes" / name, [*earlier(name), "distill.augment={factor: 3}"])
     assert len({stable_hash(DistillStage().params(r)) for r in (recipe, augmented, other)}) == 3
 
 

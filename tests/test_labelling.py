@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from recipe_history import DISTILL_KEYS, earlier
 
 from edgekd import labelling
 from edgekd.errors import InputError, StageError
@@ -28,15 +29,6 @@ from edgekd.stages.distill import DistillStage, cached_teacher_logits
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "recipes" / "smoke.yaml"
 MAX_LENGTH = 32
-# sha of DistillStage.params()["distill"] for every committed recipe before `distill.labelling` existed (the same
-# values tests/test_augment.py pins): a student trained for hours under these keys must still be found.
-DISTILL_KEYS = {
-    "ag_news.yaml": "414ff4c847b911cb",
-    "clinc150.yaml": "1d268a6130cfa487",
-    "quickstart.yaml": "577631cb39d89182",
-    "quickstart_intermediate.yaml": "53f9a5982c41f989",
-    "smoke.yaml": "c2ef7e04b7bc441a",
-}
 # The logit cache key edgekd computed before backends existed, for teacher "teacher-key", max_length 32 and
 # the texts below: stable_hash({"teacher", "texts": stable_hash(texts), "max_length"}).
 LEGACY_CACHE_KEY = "199d45de162fdeec"
@@ -207,14 +199,16 @@ def test_logits_cached_by_an_earlier_run_are_reused(
 
 @pytest.mark.parametrize("name", sorted(DISTILL_KEYS))
 def test_distill_key_is_unchanged_while_labelling_is_auto(name: str) -> None:
-    recipe = load_recipe(REPO / "recipes" / name)
+    recipe = load_recipe(REPO / "recipes" / name, earlier(name))
     assert recipe.distill.labelling == AUTO
     params = DistillStage().params(recipe)
     assert "labelling" not in params["distill"]
     assert stable_hash(params["distill"]) == DISTILL_KEYS[name]
     keys = {stable_hash(params)}
     for backend in labelling.BACKENDS:
-        chosen: Recipe = load_recipe(REPO / "recipes" / name, [f"distill.labelling={backend}"])
+        chosen: Recipe = load_recipe(
+            REPO / "recipes" / name, [*earlier(name), f"distill.labelling={backend}"]
+        )
         assert DistillStage().params(chosen)["distill"]["labelling"] == backend
         keys.add(stable_hash(DistillStage().params(chosen)))
     assert len(keys) == 1 + len(labelling.BACKENDS)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from recipe_history import STUDENT_KEYS, earlier
 
 from edgekd.recipe import PruneSpec, load_recipe
 from edgekd.stage import stable_hash
@@ -30,18 +31,6 @@ REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "recipes" / "smoke.yaml"
 LIVE_NEURONS = [5, 17]  # the only neurons whose output reaches the next layer in `dead_units_model`
 DEAD_HEAD = 0
-
-# sha of DistillStage.params()["student"] for every committed recipe before `student.prune` existed (with the
-# resolved model folder written relative to the repository, so the key does not depend on the checkout's path).
-STUDENT_KEYS = {
-    "ag_news.yaml": "1cf4cf9b06899ce5",
-    "clinc150.yaml": "074cb35b598df1fe",
-    "quickstart.yaml": "a61308159ab0ca71",
-    "quickstart_intermediate.yaml": "a61308159ab0ca71",
-    "smoke.yaml": "c5b63aff807844c5",
-}
-# Recipes that have since chosen a pruned student: the overrides that give back the student the key was taken of.
-EARLIER_STUDENT = {"ag_news.yaml": ["student.layers=[3]", "student.prune=null"]}
 
 
 def tiny_model(tiny_classifier_dir: Path) -> Any:
@@ -203,18 +192,18 @@ def relative_student(recipe: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("name", sorted(STUDENT_KEYS))
 def test_distill_key_is_unchanged_without_prune_and_changes_with_it(name: str) -> None:
     assert sorted(p.name for p in (REPO / "recipes").glob("*.yaml")) == sorted(STUDENT_KEYS)
-    earlier = EARLIER_STUDENT.get(name, [])
-    recipe = load_recipe(REPO / "recipes" / name, earlier)
+    shape = earlier(name)
+    recipe = load_recipe(REPO / "recipes" / name, shape)
     assert recipe.student.prune is None
     assert "prune" not in DistillStage().params(recipe)["student"]
     assert stable_hash(relative_student(recipe)) == STUDENT_KEYS[name]
-    pruned = load_recipe(REPO / "recipes" / name, [*earlier, "student.prune={ffn_keep: 0.34}"])
+    pruned = load_recipe(REPO / "recipes" / name, [*shape, "student.prune={ffn_keep: 0.34}"])
     assert DistillStage().params(pruned)["student"]["prune"] == {
         "ffn_keep": 0.34,
         "heads_keep": 1.0,
         "batches": 8,
     }
-    other = load_recipe(REPO / "recipes" / name, [*earlier, "student.prune={ffn_keep: 0.5}"])
+    other = load_recipe(REPO / "recipes" / name, [*shape, "student.prune={ffn_keep: 0.5}"])
     assert len({stable_hash(DistillStage().params(r)) for r in (recipe, pruned, other)}) == 3
 
 
