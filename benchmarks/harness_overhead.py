@@ -41,7 +41,7 @@ def build_tiny_model(folder: Path) -> None:
     from optimum.exporters.onnx import main_export
 
     from edgekd.models import build_from_config, build_tokenizer
-    from edgekd.recipe import TokenizerBuild
+    from edgekd.recipe.schema import TokenizerBuild
 
     texts = read_texts(TOY_DATA / "train.jsonl")
     labels = (TOY_DATA / "labels.txt").read_text().split()
@@ -100,8 +100,8 @@ def measure_once(folder: Path, texts: list[str], max_length: int, blocks: int, w
     """One repeat: harness and bare loop in alternating blocks over the same texts."""
     import numpy as np
 
+    from edgekd.artifact import onnx_model_path
     from edgekd.bench.worker import WorkerProcess
-    from edgekd.size import onnx_model_path
 
     session = bare_session(onnx_model_path(folder))
     output = (

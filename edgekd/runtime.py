@@ -25,7 +25,7 @@ Behaviour worth knowing:
 * The graph's inputs may be int64 or int32; a thread count above 4 per core, or a text with a lone
   surrogate (an invalid UTF-8 byte in a command-line argument), is an InputError.
 
-The command line wraps this: `edgekd predict FOLDER "text" ... [--file texts.txt] [--json]` (edgekd.predict).
+The command line wraps this: `edgekd predict FOLDER "text" ... [--file texts.txt] [--json]` (edgekd.cli.predict).
 """
 
 from __future__ import annotations

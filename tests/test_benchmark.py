@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from edgekd.artifact import folder_size, model_files, param_count, param_count_onnx, param_count_safetensors
 from edgekd.bench.harness import (
     THROUGHPUT_ROUNDS,
     HarnessSettings,
@@ -24,11 +25,11 @@ from edgekd.bench.harness import (
 )
 from edgekd.bench.worker import WorkerProcess
 from edgekd.errors import InputError, StageError
-from edgekd.recipe import GatesSpec, Recipe
-from edgekd.report import GATES_BY_NAME, evaluate_gates, summary_rows, write_report_md
-from edgekd.size import folder_size, model_files, param_count, param_count_onnx, param_count_safetensors
-from edgekd.stage import read_stage_json, run_stage
+from edgekd.recipe.schema import GatesSpec, Recipe
+from edgekd.report.gates import GATES_BY_NAME, evaluate_gates
+from edgekd.report.markdown import summary_rows, write_report_md
 from edgekd.stages.benchmark import BenchmarkStage, check_threads, latency_sample_indices
+from edgekd.stages.runner import read_stage_json, run_stage
 
 MAX_LENGTH = 32
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
@@ -529,7 +530,7 @@ def test_param_counts_without_loading_models(tiny_classifier_dir, onnx_dir, int8
 
 def test_environment_is_torch_free_and_complete():
     code = (
-        "import json, sys; from edgekd.envinfo import environment; env = environment(); "
+        "import json, sys; from edgekd.bench.envinfo import environment; env = environment(); "
         "print(json.dumps({'torch': 'torch' in sys.modules, 'env': env}))"
     )
     done = subprocess.run(
@@ -710,19 +711,17 @@ def test_report_md_has_an_out_of_scope_section_only_when_measured(tmp_path):
     assert "## Out of scope" in text and "0.6250" in text
 
 
-def test_stage_times_come_from_each_upstream_stage_json_in_chain_order(tmp_path, toy_data):
+def test_stage_times_come_from_each_upstream_stage_record_in_chain_order():
     from edgekd.stages.benchmark import upstream_stage_times
 
-    recipe = _recipe(toy_data)
-    for stage, seconds in (("quantize", 3.0), ("teacher", 10.5), ("export", 1.25)):
-        (tmp_path / stage).mkdir()
-        (tmp_path / stage / "stage.json").write_text(json.dumps({"wall_time_s": seconds}))
-    # the teacher was resumed: 60 s of its work came from the invocation that was interrupted
-    (tmp_path / "teacher" / "stage.json").write_text(
-        json.dumps({"wall_time_s": 10.5, "carried_over_s": 60.0})
-    )
-    # distill never finished: it has no stage.json and is left out
-    assert upstream_stage_times(tmp_path, recipe) == [
+    upstream = {
+        # the teacher was resumed: 60 s of its work came from the invocation that was interrupted
+        "teacher": {"wall_time_s": 10.5, "carried_over_s": 60.0},
+        "distill": {"metrics": {}},  # a record without a time (hand-edited) is left out
+        "export": {"wall_time_s": 1.25},
+        "quantize": {"wall_time_s": 3.0},
+    }
+    assert upstream_stage_times(upstream) == [
         {"stage": "teacher", "wall_time_s": 70.5, "carried_over_s": 60.0},
         {"stage": "export", "wall_time_s": 1.25},
         {"stage": "quantize", "wall_time_s": 3.0},

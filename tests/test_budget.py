@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-import edgekd.budget as budget
+import edgekd.stages.distill.budget as budget
 from edgekd.errors import RecipeError
 from edgekd.pipeline import compress
-from edgekd.recipe import load_recipe
-from edgekd.stage import stable_hash
+from edgekd.recipe.load import load_recipe
 from edgekd.stages.benchmark import CANDIDATE
-from edgekd.stages.distill import DistillStage
+from edgekd.stages.distill.stage import DistillStage
+from edgekd.stages.runner import stable_hash
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "recipes" / "smoke.yaml"
@@ -131,7 +131,7 @@ def test_a_resumed_distill_keeps_the_shape_chosen_before(
     again (the machine may now choose another shape than the checkpoints have)."""
     from types import SimpleNamespace
 
-    from edgekd.stages.distill import student_within_budget
+    from edgekd.stages.distill.stage import student_within_budget
 
     def must_not_measure(*args: Any) -> None:
         raise AssertionError("the budget was measured again on resume")

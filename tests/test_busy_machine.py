@@ -6,8 +6,8 @@ import os
 
 import pytest
 
+from edgekd.bench.envinfo import CpuSnapshot, cpu_snapshot, other_processes_cores
 from edgekd.bench.harness import busy_after_warnings, setup_warnings
-from edgekd.envinfo import CpuSnapshot, cpu_snapshot, other_processes_cores
 
 
 def proc_stat(busy_ticks: int, idle_ticks: int) -> str:

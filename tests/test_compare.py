@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from edgekd.compare import compare_reports, environment_changes, print_comparison, resolve_report
 from edgekd.errors import InputError
+from edgekd.report.compare import compare_reports, environment_changes, print_comparison, resolve_report
 
 
 def _report(p50: float, onnxruntime: str, threads: int, flags: dict[str, bool]) -> dict:

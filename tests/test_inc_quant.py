@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("neural_compressor")
 
-from edgekd.inc_quant import autotune_pytorch_int8
+from edgekd.stages.quantize.inc import autotune_pytorch_int8
 
 TOY = Path(__file__).resolve().parent.parent / "recipes" / "data" / "toy_topics"
 

@@ -10,12 +10,12 @@ import pytest
 from pydantic import ValidationError
 
 from edgekd.pipeline import stages
-from edgekd.recipe import GatesSpec, Recipe
-from edgekd.report import OPTIMUM_BASELINE, evaluate_gates
-from edgekd.stage import run_stage
+from edgekd.recipe.schema import GatesSpec, Recipe
+from edgekd.report.gates import OPTIMUM_BASELINE, evaluate_gates
 from edgekd.stages.benchmark import BenchmarkStage
 from edgekd.stages.optimum_baseline import SETTINGS_FILE, OptimumBaselineStage
-from edgekd.stages.quantize import count_quantized_matmuls, count_weight_matmuls
+from edgekd.stages.quantize.stage import count_quantized_matmuls, count_weight_matmuls
+from edgekd.stages.runner import run_stage
 
 
 def _recipe(toy_data: Path, baseline: bool = True, **gates: object) -> Recipe:

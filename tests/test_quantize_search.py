@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 
 from edgekd.errors import StageError
-from edgekd.quant_search import Evaluation, accuracy_aware_search, weight_node_groups
-from edgekd.recipe import Recipe, load_recipe
+from edgekd.recipe.load import load_recipe
+from edgekd.recipe.schema import Recipe
 from edgekd.runtime import Classifier
-from edgekd.stage import StageContext, StageResult
+from edgekd.stages.base import StageContext, StageResult
 from edgekd.stages.export import ExportStage
-from edgekd.stages.quantize import QuantizeStage, count_quantized_matmuls, resolve_weight_type
+from edgekd.stages.quantize.search import Evaluation, accuracy_aware_search, weight_node_groups
+from edgekd.stages.quantize.stage import QuantizeStage, count_quantized_matmuls, resolve_weight_type
 
 REPO = Path(__file__).resolve().parent.parent
 TOY = REPO / "recipes" / "data" / "toy_topics"

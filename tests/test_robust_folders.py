@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekd.cli import main
-from edgekd.recipe import load_recipe
-from edgekd.stage import StageContext
+from edgekd.cli.app import main
+from edgekd.recipe.load import load_recipe
+from edgekd.stages.base import StageContext
 from edgekd.stages.export import ExportStage
 
 REPO = Path(__file__).resolve().parent.parent

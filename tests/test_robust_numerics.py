@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from edgekd.cli import main
+from edgekd.cli.app import main
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "recipes" / "smoke.yaml"
@@ -81,7 +81,7 @@ def test_nan_loss_in_teacher_fine_tuning_stops_with_the_step(
 def test_nan_loss_in_distillation_stops_with_the_step(
     shared_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import edgekd.stages.distill as distill
+    import edgekd.stages.distill.stage as distill
 
     real_loss = distill.distillation_loss
 

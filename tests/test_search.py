@@ -11,10 +11,11 @@ import optuna
 import pytest
 
 from edgekd.errors import StageError
-from edgekd.recipe import SearchSpec, load_recipe
-from edgekd.search import run_search
-from edgekd.stage import run_stage
-from edgekd.stages.distill import DistillStage
+from edgekd.recipe.load import load_recipe
+from edgekd.recipe.schema import SearchSpec
+from edgekd.stages.distill.search import run_search
+from edgekd.stages.distill.stage import DistillStage
+from edgekd.stages.runner import run_stage
 from edgekd.stages.teacher import TeacherStage
 
 

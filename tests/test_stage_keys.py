@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
-from edgekd.recipe import load_recipe
-from edgekd.stage import StageContext, StageResult, fingerprint_path, run_stage
+from edgekd.recipe.load import load_recipe
+from edgekd.stages.base import StageBase, StageContext, StageResult
+from edgekd.stages.runner import fingerprint_path, run_stage
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-class DataReadingStage:
+class DataReadingStage(StageBase):
     """A stage whose output depends on a data folder, as the teacher's does."""
 
     name = "reader"

@@ -22,7 +22,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgekd.cli import main
+from edgekd.cli.app import main
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((REPO / "recipes").glob("*.yaml"))

@@ -34,7 +34,9 @@ from warnings import catch_warnings, simplefilter
 
 import numpy as np
 
-from edgekd import __version__
+from edgekd._version import __version__
+from edgekd.artifact import folder_size, onnx_model_path, param_count
+from edgekd.bench.envinfo import cpu_snapshot, environment, load_average, other_processes_cores, usable_cores
 from edgekd.bench.stats import (
     accuracy_diff_ci,
     bootstrap_ci,
@@ -44,13 +46,6 @@ from edgekd.bench.stats import (
     percentiles,
 )
 from edgekd.bench.worker import WorkerProcess, thread_env
-from edgekd.envinfo import (
-    cpu_snapshot,
-    environment,
-    load_average,
-    other_processes_cores,
-    usable_cores,
-)
 from edgekd.errors import (
     DataError,
     InputError,
@@ -60,10 +55,10 @@ from edgekd.errors import (
     resource_error,
 )
 from edgekd.progress import TaskProgress
-from edgekd.recipe import SEED_LIMIT, DataSpec, GatesSpec
-from edgekd.report import evaluate_gates, write_report_md
-from edgekd.size import folder_size, onnx_model_path, param_count
-from edgekd.stage import acquire_or_refuse, write_json
+from edgekd.recipe.schema import SEED_LIMIT, DataSpec, GatesSpec
+from edgekd.report.gates import evaluate_gates
+from edgekd.report.markdown import write_report_md
+from edgekd.stages.runner import acquire_or_refuse, write_json
 
 N_BOOT = 1000
 # Other processes using more than this share of the cores competed with the measurements.
@@ -326,7 +321,7 @@ def write_report_files(
         ResourceError: The disk is full or the folder cannot be written.
         InputError: Another failure to write in `out_dir`.
     """
-    from edgekd.html_report import read_training_logs, write_report_html
+    from edgekd.report.html import read_training_logs, write_report_html
 
     with writing_report(out_dir):
         clear_previous_report(out_dir)

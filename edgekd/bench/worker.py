@@ -137,7 +137,7 @@ class OnnxBackend:
         import numpy as np
         from tokenizers import Tokenizer
 
-        from edgekd.size import onnx_model_path
+        from edgekd.artifact import onnx_model_path
 
         self._np = np
         self.model_path = onnx_model_path(folder)

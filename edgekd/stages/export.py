@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from edgekd import __version__
+from edgekd._version import __version__
+from edgekd.artifact import external_data_files
 from edgekd.data import load_splits
 from edgekd.errors import InputError, ParityError, StageError, first_line
-from edgekd.recipe import Recipe
-from edgekd.size import external_data_files
-from edgekd.stage import StageContext, StageResult, write_json
+from edgekd.recipe.schema import Recipe
+from edgekd.stages.base import StageBase, StageContext, StageResult
+from edgekd.stages.runner import write_json
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "edgekd.json"
@@ -51,7 +52,7 @@ class ParityReport:
     argmax_agreement: float
 
 
-class ExportStage:
+class ExportStage(StageBase):
     """Distilled PyTorch classifier -> ONNX folder that optimum, transformers and edgekd.runtime can load."""
 
     name = "export"

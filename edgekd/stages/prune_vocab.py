@@ -34,8 +34,9 @@ from typing import Any
 
 from edgekd.data import load_splits
 from edgekd.errors import InputError, StageError
-from edgekd.recipe import PruneVocabSpec, Recipe
-from edgekd.stage import StageContext, StageResult, fingerprint_path, write_json
+from edgekd.recipe.schema import PruneVocabSpec, Recipe
+from edgekd.stages.base import StageBase, StageContext, StageResult
+from edgekd.stages.runner import fingerprint_path, write_json
 
 TOKENIZER_JSON = "tokenizer.json"
 VOCAB_TXT = "vocab.txt"
@@ -44,7 +45,7 @@ SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 EVAL_BATCH_SIZE = 64
 
 
-class PruneVocabStage:
+class PruneVocabStage(StageBase):
     """Distilled student -> the same student with only the vocabulary its training data needs."""
 
     name = "prune_vocab"
@@ -283,7 +284,7 @@ def remap_tokenizer_config(path: Path, old_to_new: dict[int, int]) -> None:
 
 def size_metrics(source: Path, target: Path, vocab_before: int, vocab_after: int) -> dict[str, Any]:
     """Vocabulary sizes and the bytes of weights plus tokenizer files before and after."""
-    from edgekd.size import folder_size
+    from edgekd.artifact import folder_size
 
     before, after = folder_size(source, onnx=False), folder_size(target, onnx=False)
     return {

@@ -130,7 +130,7 @@ def library_versions() -> dict[str, str | None]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    from edgekd import __version__
+    from edgekd._version import __version__
 
     versions["edgekd"] = __version__
     return versions

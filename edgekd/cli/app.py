@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from edgekd import __version__
+from edgekd._version import __version__
 from edgekd.errors import EdgekdError, GateFailed
 
 app = typer.Typer(
@@ -107,8 +107,8 @@ def init(
 ) -> None:
     """Write a commented recipe for your data (columns, classes, max_length, student, gates), or copy a
     shipped example with its data. Then: edgekd validate RECIPE, edgekd compress RECIPE."""
+    from edgekd.cli.scaffold import DEFAULT_OUTPUT, init_recipe, write_example
     from edgekd.errors import InputError
-    from edgekd.scaffold import DEFAULT_OUTPUT, init_recipe, write_example
 
     if data is not None and example is None:
         path = init_recipe(
@@ -220,7 +220,7 @@ def compare(
     report_b: Annotated[Path, typer.Argument(help="The report to compare with the first.")],
 ) -> None:
     """Show what changed between two benchmark reports, per model and in the environment."""
-    from edgekd.compare import compare_reports, print_comparison
+    from edgekd.report.compare import compare_reports, print_comparison
 
     print_comparison(compare_reports(report_a, report_b), out)
 
@@ -245,7 +245,7 @@ def predict(
 
     Texts longer than the model's max_length are truncated (one note says so).
     """
-    from edgekd.predict import predict_command  # torch-free: numpy, onnxruntime, tokenizers
+    from edgekd.cli.predict import predict_command  # torch-free: numpy, onnxruntime, tokenizers
 
     predict_command(
         folder, texts or [], file, threads, batch_size, as_json, echo=lambda line: print(line), note=_log
@@ -254,7 +254,7 @@ def predict(
 
 def print_summary(report: dict[str, Any], report_dir: Path | None = None, ship: Path | None = None) -> None:
     """The end-of-run table (each variant against the reference), then the verdict, what to ship, where to read."""
-    from edgekd.report import summary_rows
+    from edgekd.report.markdown import summary_rows
 
     table = Table(title=f"edgekd report: {report.get('recipe', '')}")
     for column in ("variant", "accuracy", "size MB", "p50 ms", "p90 ms", "speed-up", "compression"):

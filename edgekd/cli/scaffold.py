@@ -33,7 +33,8 @@ from edgekd.data import (
     split_file,
 )
 from edgekd.errors import DataError, EdgekdError, InputError
-from edgekd.recipe import NAME_PATTERN, DataSpec, load_recipe
+from edgekd.recipe.load import load_recipe
+from edgekd.recipe.schema import NAME_PATTERN, DataSpec
 
 # Column names people give texts and classes, most telling first (compared case-insensitively).
 TEXT_NAMES = ("text", "sentence", "utterance", "query", "content", "review", "document")
@@ -568,7 +569,7 @@ def _write_checked(text: str, output: Path) -> None:
 
 def examples_root() -> Path:
     """The shipped examples: inside the installed package (a wheel), else the checkout's recipes/ folder."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # edgekd/
     packaged = package / "examples"
     return packaged if packaged.is_dir() else package.parent / "recipes"
 

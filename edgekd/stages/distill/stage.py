@@ -26,11 +26,20 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.augment import AugmentedSet, augment_texts, embedding_neighbours
 from edgekd.data import Splits, load_splits
 from edgekd.distributed import barrier, is_distributed, is_main_process, main_process_first, world_size
 from edgekd.errors import InputError, StageError
-from edgekd.intermediate import (
+from edgekd.models import (
+    build_from_config,
+    keep_layers,
+    load_classifier,
+    load_tokenizer,
+    resolve_tokenizer,
+)
+from edgekd.recipe.schema import DistillSpec, Recipe
+from edgekd.stages.base import StageBase, StageContext, StageResult
+from edgekd.stages.distill.augment import AugmentedSet, augment_texts, embedding_neighbours
+from edgekd.stages.distill.intermediate import (
     IntermediatePlan,
     check_layer_subset,
     intermediate_losses,
@@ -41,48 +50,36 @@ from edgekd.intermediate import (
     shape_of,
     teacher_ids_for_student_tokens,
 )
-from edgekd.labelling import (
-    TeacherLabeller,
-    labeller_for,
-    logits_cache_key,
-    teacher_identity,
-)
-from edgekd.losses import distillation_loss
-from edgekd.models import (
-    build_from_config,
-    keep_layers,
-    load_classifier,
-    load_tokenizer,
-    resolve_tokenizer,
-)
-from edgekd.recipe import DistillSpec, Recipe
-from edgekd.stage import (
+from edgekd.stages.distill.labelling import TeacherLabeller, labeller_for, logits_cache_key, teacher_identity
+from edgekd.stages.distill.losses import distillation_loss
+from edgekd.stages.distill.structured_prune import PruneOutcome, PrunePlan, apply_plan, prune_for_distillation
+from edgekd.stages.distill.unlabeled import load_unlabeled_texts
+from edgekd.stages.runner import (
     CHECKPOINTS_FOLDER,
-    StageContext,
-    StageResult,
     fingerprint_path,
+    last_checkpoint,
     write_atomically,
     write_json,
 )
-from edgekd.structured_prune import PruneOutcome, PrunePlan, apply_plan, prune_for_distillation
 from edgekd.training import (
     accuracy_metric,
     choose_precision,
-    last_checkpoint,
     save_log_history,
     save_model_then_drop_checkpoints,
     seed_everything,
     tokenize,
     training_arguments,
 )
-from edgekd.unlabeled import load_unlabeled_texts
 
 
-class DistillStage:
+class DistillStage(StageBase):
     name = "distill"
     folder = "distill"
     needs: tuple[str, ...] = ("teacher",)
     distributed = True  # every torchrun process runs it (DDP); rank 0 writes
+
+    def preflight(self, recipe: Recipe, splits: Splits) -> None:
+        preflight(recipe, splits)
 
     def params(self, recipe: Recipe) -> dict[str, Any]:
         unlabeled = recipe.distill.unlabeled
@@ -219,7 +216,7 @@ def student_within_budget(
     recipe: Recipe, teacher_dir: Path, splits: Splits, ctx: StageContext, record_path: Path
 ) -> tuple[Recipe, dict[str, Any] | None]:
     """With `student.budget`, the recipe with the chosen candidate's layers and pruning, and the budget record
-    (edgekd/budget.py); without, the recipe as it is and None. Single process only (see `preflight`).
+    (edgekd/stages/distill/budget.py); without, the recipe as it is and None. Single process only (see `preflight`).
 
     The choice is written to `record_path` in the stage's working folder at once: a resumed run continues the
     shape its checkpoints have, even when the machine would now choose another.
@@ -227,7 +224,7 @@ def student_within_budget(
     budget = recipe.student.budget
     if budget is None:
         return recipe, None
-    from edgekd.budget import choose_student_shape
+    from edgekd.stages.distill.budget import choose_student_shape
 
     record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else None
     if record is not None:
@@ -267,7 +264,7 @@ def prune_student_before_training(
 def plan_for_models(recipe: Recipe, teacher_dir: Path, student: Any) -> IntermediatePlan | None:
     """The intermediate-loss plan checked against the real teacher and student (the pipeline checked the
     recipe's configs before training already; this also covers the Python API and `student.init: config`)."""
-    from edgekd.intermediate import config_of
+    from edgekd.stages.distill.intermediate import config_of
 
     losses = recipe.distill.losses
     if losses.hidden.weight <= 0 and losses.attention.weight <= 0:
@@ -303,7 +300,7 @@ def cached_teacher_logits(
     """The teacher's logits for every text of `split`, from <run>/cache/ or computed once and stored there.
 
     The labeller (default: `distill.labelling`'s, checked on `texts`) picks the backend; torch-fp32 logits keep
-    the cache key of earlier edgekd versions, other backends' carry their tag (edgekd/labelling.py).
+    the cache key of earlier edgekd versions, other backends' carry their tag (edgekd/stages/distill/labelling.py).
     """
     cache_dir = ctx.run_dir / "cache"
     labeller = labeller or labeller_for(recipe, teacher_dir, cache_dir, texts, ctx.log)
@@ -580,7 +577,7 @@ def intermediate_metrics(
 
 def search_student(job: TrainJob, tokenizer: Any, out_dir: Path) -> tuple[TrainedStudent, dict[str, Any]]:
     """Optuna search: every trial trains a fresh student; the best one is returned with the search record."""
-    from edgekd.search import run_search
+    from edgekd.stages.distill.search import run_search
 
     recipe = job.recipe
     spec = recipe.distill

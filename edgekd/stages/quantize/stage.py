@@ -7,7 +7,7 @@ with no preset in between. The stage then:
 * measures validation accuracy of the fp32 ONNX and of the INT8 ONNX with the runtime's tokenizer, and records
   both in `edgekd.json` and `quantize.json`;
 * with `max_accuracy_drop_pts`, keeps the most sensitive layers in fp32 until the drop fits the budget
-  (`edgekd.quant_search`), or fails listing every trial;
+  (`edgekd.stages.quantize.search`), or fails listing every trial;
 * with `optimize`, applies ONNX Runtime's transformer fusions (Attention, SkipLayerNormalization, BiasGelu,
   EmbedLayerNormalization) to the fp32 graph before quantizing. The runtime session already applies ORT's
   generic graph optimizations online, so offline fusion only matters for what the quantizer sees: a fused
@@ -66,19 +66,20 @@ from typing import Any
 
 import numpy as np
 
+from edgekd.artifact import external_data_files
 from edgekd.data import load_splits
 from edgekd.errors import InputError, StageError, first_line
-from edgekd.quant_search import (
+from edgekd.recipe.schema import QuantizeSpec, Recipe
+from edgekd.stages.base import StageBase, StageContext, StageResult
+from edgekd.stages.export import MANIFEST_FILE, MODEL_FILE, PARITY_FILE, onnx_file_bytes
+from edgekd.stages.quantize.search import (
     OnnxEvaluator,
     SearchResult,
     accuracy_aware_search,
     batch1_latency_ms,
     weight_node_groups,
 )
-from edgekd.recipe import QuantizeSpec, Recipe
-from edgekd.size import external_data_files
-from edgekd.stage import STAGE_FILE, StageContext, StageResult, fingerprint_path, write_json
-from edgekd.stages.export import MANIFEST_FILE, MODEL_FILE, PARITY_FILE, onnx_file_bytes
+from edgekd.stages.runner import STAGE_FILE, fingerprint_path, write_json
 
 REPORT_FILE = "quantize.json"
 TOOLS = {
@@ -120,7 +121,7 @@ class Prepared:
     optimization: dict[str, Any] = field(default_factory=dict)
 
 
-class QuantizeStage:
+class QuantizeStage(StageBase):
     """Exported fp32 ONNX folder -> INT8 ONNX folder, with measured accuracy."""
 
     name = "quantize"
@@ -279,11 +280,11 @@ def resolve_weight_type(requested: str, flags: dict[str, bool] | None = None) ->
 
     Args:
         requested: "auto", "qint8" or "quint8".
-        flags: CPU flags as `edgekd.envinfo.cpu_flags()` returns them (read from /proc/cpuinfo when None).
+        flags: CPU flags as `edgekd.bench.envinfo.cpu_flags()` returns them (read from /proc/cpuinfo when None).
     """
     if requested != "auto":
         return requested, "set in the recipe"
-    from edgekd.envinfo import cpu_flags
+    from edgekd.bench.envinfo import cpu_flags
 
     present = flags if flags is not None else cpu_flags()
     vnni = [flag for flag in VNNI_FLAGS if present.get(flag)]
