@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from edgekd.bench.envinfo import cpu_flags, cpu_model
-from edgekd.bench.harness import check_out_of_scope_label, out_of_scope_scores
+from edgekd.bench.records import check_out_of_scope_label, out_of_scope_scores
 from edgekd.pipeline import preflight
 from edgekd.recipe.schema import Recipe
 from edgekd.stages.distill.stage import DistillStage, load_cached_logits

@@ -32,8 +32,8 @@ from edgekd.data import load_splits
 from edgekd.recipe.load import load_recipe
 from edgekd.recipe.schema import QuantizeSpec
 from edgekd.stages.export import onnx_file_bytes
+from edgekd.stages.quantize.ort import fuse_graph, make_quantizer, quantization_settings
 from edgekd.stages.quantize.search import Evaluation, OnnxEvaluator, batch1_latency_ms
-from edgekd.stages.quantize.stage import fuse_graph, make_quantizer, quantization_settings
 
 SETTINGS: list[dict[str, Any]] = [
     {"weight_type": "qint8", "reduce_range": False},

@@ -41,8 +41,8 @@ from edgekd.stages.distill.structured_prune import (
     prunable_layers,
 )
 from edgekd.stages.export import export_onnx, onnx_file_bytes
+from edgekd.stages.quantize.ort import quantization_settings, quantize_model, resolve_weight_type
 from edgekd.stages.quantize.search import batch1_latency_ms
-from edgekd.stages.quantize.stage import quantization_settings, quantize_model, resolve_weight_type
 
 
 def truncated_copy(

@@ -231,8 +231,8 @@ def check_model_folders(recipe: Recipe) -> None:
 def setting_problems(recipe: Recipe) -> list[str]:
     """Recipe settings that are valid in general but not here: more latency threads than this process may
     use, quantizer op types it does not know, vocabulary pruning of a tokenizer that is not WordPiece."""
-    from edgekd.bench.harness import check_threads
-    from edgekd.stages.quantize.stage import check_op_types
+    from edgekd.bench.inputs import check_threads
+    from edgekd.stages.quantize.ort import check_op_types
 
     problems: list[str] = []
     try:  # the benchmark stage's own rule, so what passes here passes there

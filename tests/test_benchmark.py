@@ -14,15 +14,8 @@ from pathlib import Path
 import pytest
 
 from edgekd.artifact import folder_size, model_files, param_count, param_count_onnx, param_count_safetensors
-from edgekd.bench.harness import (
-    THROUGHPUT_ROUNDS,
-    HarnessSettings,
-    ModelSpec,
-    lengths_for,
-    measure_models,
-    round_order,
-    round_slices,
-)
+from edgekd.bench.measure import THROUGHPUT_ROUNDS, lengths_for, measure_models, round_order, round_slices
+from edgekd.bench.spec import HarnessSettings, ModelSpec
 from edgekd.bench.worker import WorkerProcess
 from edgekd.errors import InputError, StageError
 from edgekd.recipe.schema import GatesSpec, Recipe
@@ -681,7 +674,7 @@ def test_benchmark_command_rejects_bad_input_with_exit_2(case, message, tmp_path
 def test_out_of_scope_scores_split_accuracy_and_recall():
     import numpy as np
 
-    from edgekd.bench.harness import check_out_of_scope_label, out_of_scope_scores
+    from edgekd.bench.records import check_out_of_scope_label, out_of_scope_scores
     from edgekd.errors import DataError
 
     # class 2 is "out of scope": 3 in-scope rows (2 right), 2 out-of-scope rows (1 caught)

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from edgekd.bench.envinfo import CpuSnapshot, cpu_snapshot, other_processes_cores
-from edgekd.bench.harness import busy_after_warnings, setup_warnings
+from edgekd.bench.inputs import busy_after_warnings, setup_warnings
 
 
 def proc_stat(busy_ticks: int, idle_ticks: int) -> str:

@@ -23,8 +23,9 @@ from edgekd.recipe.schema import Recipe
 from edgekd.runtime import Classifier
 from edgekd.stages.base import StageContext, StageResult
 from edgekd.stages.export import ExportStage
+from edgekd.stages.quantize.ort import resolve_weight_type
 from edgekd.stages.quantize.search import Evaluation, accuracy_aware_search, weight_node_groups
-from edgekd.stages.quantize.stage import QuantizeStage, count_quantized_matmuls, resolve_weight_type
+from edgekd.stages.quantize.stage import QuantizeStage, count_quantized_matmuls
 
 REPO = Path(__file__).resolve().parent.parent
 TOY = REPO / "recipes" / "data" / "toy_topics"

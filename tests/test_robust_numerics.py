@@ -81,7 +81,7 @@ def test_nan_loss_in_teacher_fine_tuning_stops_with_the_step(
 def test_nan_loss_in_distillation_stops_with_the_step(
     shared_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import edgekd.stages.distill.stage as distill
+    import edgekd.stages.distill.trainer as distill
 
     real_loss = distill.distillation_loss
 

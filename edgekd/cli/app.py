@@ -187,13 +187,13 @@ def benchmark(
     ] = None,
 ) -> None:
     """Benchmark any model folders on a dataset: report.json, report.md and report.html (exit 3 on a failed gate)."""
-    from edgekd.bench import harness
+    from edgekd.bench.harness import benchmark_folders
+    from edgekd.bench.inputs import check_request_counts, data_spec_for, models_from_folders, parse_gates
+    from edgekd.bench.spec import HarnessSettings
 
-    models = harness.models_from_folders(model_dirs, names.split(",") if names else None)
-    spec = harness.data_spec_for(
-        data, max_length, labels.split(",") if labels else None, text_column, label_column
-    )
-    settings = harness.HarnessSettings(
+    models = models_from_folders(model_dirs, names.split(",") if names else None)
+    spec = data_spec_for(data, max_length, labels.split(",") if labels else None, text_column, label_column)
+    settings = HarnessSettings(
         threads=threads,
         latency_samples=samples,
         warmup=warmup,
@@ -201,9 +201,9 @@ def benchmark(
         max_length=max_length,
         seed=seed,
     )
-    harness.check_request_counts(settings)
-    gates = harness.parse_gates(gate or [])
-    report = harness.benchmark_folders(
+    check_request_counts(settings)
+    gates = parse_gates(gate or [])
+    report = benchmark_folders(
         models, spec, output_dir, settings, gates, title="benchmark", candidate=candidate, log=_log, lock=True
     )
     print_summary(report, report_dir=output_dir)

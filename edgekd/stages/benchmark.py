@@ -15,13 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgekd.bench.harness import (
-    HarnessSettings,
-    ModelSpec,
-    benchmark_folders,
-    check_threads,
-    latency_sample_indices,
-)
+from edgekd.bench.harness import benchmark_folders
+from edgekd.bench.inputs import check_threads, latency_sample_indices
+from edgekd.bench.spec import HarnessSettings, ModelSpec
 from edgekd.errors import InputError
 from edgekd.recipe.schema import Recipe
 from edgekd.report.gates import CANDIDATE, OPTIMUM_BASELINE, REFERENCE

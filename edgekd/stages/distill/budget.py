@@ -148,8 +148,8 @@ def candidate_latency_ms(
     """Median batch-1 INT8 latency of `shape` cut from the student's source model, exported and quantized with
     the recipe's export and quantize settings."""
     from edgekd.stages.export import export_onnx, onnx_file_bytes
+    from edgekd.stages.quantize.ort import make_quantizer, prepare_graph, quantization_settings
     from edgekd.stages.quantize.search import batch1_latency_ms
-    from edgekd.stages.quantize.stage import make_quantizer, prepare_graph, quantization_settings
 
     pytorch_dir, onnx_dir = work / "pytorch", work / "onnx"
     save_shape(recipe, teacher_dir, labels, shape, pytorch_dir)

@@ -164,7 +164,7 @@ def exported_teacher(setup: BackendSetup) -> Path:
 def int8_settings() -> dict[str, Any]:
     """The quantize stage's dynamic INT8 settings for this CPU, per-channel as the shipped recipes use."""
     from edgekd.recipe.schema import QuantizeSpec
-    from edgekd.stages.quantize.stage import quantization_settings
+    from edgekd.stages.quantize.ort import quantization_settings
 
     return quantization_settings(QuantizeSpec(per_channel=True), [])
 
@@ -172,7 +172,7 @@ def int8_settings() -> dict[str, Any]:
 def quantized_teacher(setup: BackendSetup) -> Path:
     """Dynamic INT8 of the teacher's export, made once next to it."""
     from edgekd.stages.export import MODEL_FILE
-    from edgekd.stages.quantize.stage import quantize_model
+    from edgekd.stages.quantize.ort import quantize_model
 
     fp32_dir = exported_teacher(setup)
     settings = int8_settings()
