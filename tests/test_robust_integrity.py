@@ -30,12 +30,12 @@ from edgekd.stages.runner import (
     RUN_FOLDER_MARKER,
     fingerprint_path,
     fingerprints_leaving_out,
+    is_complete_checkpoint,
     run_stage,
     stage_key,
     stage_resource_error,
 )
 from edgekd.stages.teacher import TeacherStage
-from edgekd.training import is_complete_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "recipes" / "smoke.yaml"
