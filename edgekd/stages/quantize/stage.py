@@ -66,12 +66,12 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.artifact import external_data_files
+from edgekd.artifact import MANIFEST_FILE, MODEL_FILE, external_data_files, onnx_file_bytes
 from edgekd.data import load_splits
 from edgekd.errors import InputError, StageError, first_line
 from edgekd.recipe.schema import QuantizeSpec, Recipe
 from edgekd.stages.base import StageBase, StageContext, StageResult
-from edgekd.stages.export import MANIFEST_FILE, MODEL_FILE, PARITY_FILE, onnx_file_bytes
+from edgekd.stages.export import PARITY_FILE
 from edgekd.stages.quantize.search import (
     OnnxEvaluator,
     SearchResult,
