@@ -120,6 +120,39 @@ def test_onnx_tokenization_matches_the_hugging_face_tokenizer(onnx_dir, test_tex
     assert backend.encode_fixed("short", 12)["input_ids"].shape == (1, 12)  # padded up to the exact length
 
 
+def test_onnx_backend_is_the_runtime_classifier_and_predicts_its_labels(int8_dir, test_texts, toy_labels):
+    """The latency the benchmark signs is that of the code users deploy: edgekd.runtime.Classifier."""
+    from edgekd.bench.worker import OnnxBackend, predict_all
+    from edgekd.runtime import Classifier
+
+    backend = OnnxBackend(int8_dir, threads=1, max_length=MAX_LENGTH)
+    assert isinstance(backend.classifier, Classifier)
+    deployed = Classifier.load(int8_dir, threads=1)
+    assert backend.classifier.max_length == deployed.max_length == MAX_LENGTH
+    assert backend.labels == deployed.labels == toy_labels
+    for name in (
+        "intra_op_num_threads",
+        "inter_op_num_threads",
+        "execution_mode",
+        "graph_optimization_level",
+    ):
+        assert getattr(backend.classifier.session.get_session_options(), name) == getattr(
+            deployed.session.get_session_options(), name
+        ), name
+    expected = [p.label for p in deployed.predict(test_texts, batch_size=16)]
+    assert [toy_labels[i] for i in predict_all(backend, test_texts, batch_size=16)] == expected
+    batch = test_texts[:4]
+    for name, array in backend.encode(batch).items():
+        assert array.tolist() == deployed.encode(batch)[name].tolist(), name
+    backend.set_threads(2)
+    assert isinstance(backend.classifier, Classifier) and backend.effective_threads() == 2
+    assert [toy_labels[i] for i in predict_all(backend, test_texts, batch_size=16)] == expected
+    with WorkerProcess("int8", int8_dir, "onnx", threads=1, max_length=MAX_LENGTH) as worker:
+        assert worker.wait_ready()["labels"] == toy_labels
+        predicted = worker.request({"cmd": "predict", "texts": test_texts, "batch_size": 16})["predictions"]
+    assert [toy_labels[i] for i in predicted] == expected
+
+
 def test_worker_that_cannot_load_reports_its_error(tmp_path):
     worker = WorkerProcess("broken", tmp_path, "onnx", threads=1, max_length=8)
     try:

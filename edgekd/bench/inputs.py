@@ -214,7 +214,8 @@ def check_onnx_folder(folder: Path) -> list[str]:
 
 def check_pytorch_folder(folder: Path) -> list[str]:
     """config.json and the tokenizer files parse, the weights' headers read; returns config.json's labels."""
-    from edgekd.runtime import load_tokenizer, read_json_object, read_labels
+    from edgekd.artifact import read_json_object, read_labels
+    from edgekd.runtime import load_tokenizer
 
     if not (folder / "config.json").is_file():
         raise InputError(f"the model folder {folder} has no config.json", hint=FOLDER_HINT)

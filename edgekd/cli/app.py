@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgekd._version import __version__
+from edgekd.artifact import MODEL_FILE
 from edgekd.errors import EdgekdError, GateFailed
 
 app = typer.Typer(
@@ -289,7 +290,7 @@ def verdict_line(report: dict[str, Any]) -> Text:
 def shipped_folder(run_dir: Path) -> Path | None:
     """The folder a run ships: the quantized model where the recipe quantizes, else the exported one."""
     for stage in ("quantize", "export"):
-        if (run_dir / stage / "model.onnx").is_file():
+        if (run_dir / stage / MODEL_FILE).is_file():
             return run_dir / stage
     return None
 

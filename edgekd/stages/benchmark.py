@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edgekd.artifact import CONFIG_FILE, MODEL_FILE
 from edgekd.bench.harness import benchmark_folders
 from edgekd.bench.inputs import check_threads, latency_sample_indices
 from edgekd.bench.spec import HarnessSettings, ModelSpec
@@ -143,7 +144,7 @@ def distill_budget_record(upstream: dict[str, dict[str, Any]]) -> dict[str, Any]
 
 def _require_stage_output(model: ModelSpec) -> None:
     """An earlier stage's model missing from the run folder is a broken run, not a user's bad folder."""
-    marker = "model.onnx" if model.format == "onnx" else "config.json"
+    marker = MODEL_FILE if model.format == "onnx" else CONFIG_FILE
     if not (model.folder / marker).is_file() and not any(model.folder.glob("*.onnx")):
         raise InputError(
             f"the {model.name} model is missing from the run: {model.folder}",

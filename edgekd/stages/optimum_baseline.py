@@ -19,10 +19,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from edgekd.artifact import MODEL_FILE, onnx_file_bytes
 from edgekd.errors import StageError, first_line
 from edgekd.recipe.schema import Recipe
 from edgekd.stages.base import StageBase, StageContext, StageResult
-from edgekd.stages.export import MODEL_FILE, export_onnx, onnx_file_bytes, package_versions
+from edgekd.stages.export import export_onnx, package_versions
 from edgekd.stages.runner import write_json
 
 SETTINGS_FILE = "baseline.json"

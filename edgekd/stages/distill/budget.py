@@ -147,14 +147,15 @@ def candidate_latency_ms(
 ) -> float:
     """Median batch-1 INT8 latency of `shape` cut from the student's source model, exported and quantized with
     the recipe's export and quantize settings."""
-    from edgekd.stages.export import export_onnx, onnx_file_bytes
+    from edgekd.artifact import MODEL_FILE, onnx_file_bytes
+    from edgekd.stages.export import export_onnx
     from edgekd.stages.quantize.ort import make_quantizer, prepare_graph, quantization_settings
     from edgekd.stages.quantize.search import batch1_latency_ms
 
     pytorch_dir, onnx_dir = work / "pytorch", work / "onnx"
     save_shape(recipe, teacher_dir, labels, shape, pytorch_dir)
     export_onnx(pytorch_dir, onnx_dir, recipe.export.opset)
-    fp32 = onnx_dir / "model.onnx"
+    fp32 = onnx_dir / MODEL_FILE
     spec = recipe.quantize
     settings = quantization_settings(spec, [])
     max_length = recipe.data.max_length

@@ -145,7 +145,8 @@ def torch_bf16_backend(setup: BackendSetup) -> LogitFn:
 
 def exported_teacher(setup: BackendSetup) -> Path:
     """The teacher's ONNX export under the cache folder, made once (written aside, then renamed into place)."""
-    from edgekd.stages.export import MODEL_FILE, export_onnx
+    from edgekd.artifact import MODEL_FILE
+    from edgekd.stages.export import export_onnx
 
     folder = setup.cache_dir / f"{ONNX_FOLDER}-{setup.teacher_key}-opset{setup.opset}"
     if (folder / MODEL_FILE).is_file():
@@ -171,7 +172,7 @@ def int8_settings() -> dict[str, Any]:
 
 def quantized_teacher(setup: BackendSetup) -> Path:
     """Dynamic INT8 of the teacher's export, made once next to it."""
-    from edgekd.stages.export import MODEL_FILE
+    from edgekd.artifact import MODEL_FILE
     from edgekd.stages.quantize.ort import quantize_model
 
     fp32_dir = exported_teacher(setup)
@@ -217,7 +218,7 @@ def _onnx_backend(onnx_path: Path, setup: BackendSetup) -> LogitFn:
 
 
 def onnx_fp32_backend(setup: BackendSetup) -> LogitFn:
-    from edgekd.stages.export import MODEL_FILE
+    from edgekd.artifact import MODEL_FILE
 
     return _onnx_backend(exported_teacher(setup) / MODEL_FILE, setup)
 

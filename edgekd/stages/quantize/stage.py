@@ -59,12 +59,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from edgekd.artifact import external_data_files
+from edgekd.artifact import MANIFEST_FILE, MODEL_FILE, external_data_files, onnx_file_bytes
 from edgekd.data import load_splits
 from edgekd.errors import StageError
 from edgekd.recipe.schema import Recipe
 from edgekd.stages.base import StageBase, StageContext, StageResult
-from edgekd.stages.export import MANIFEST_FILE, MODEL_FILE, PARITY_FILE, onnx_file_bytes
+from edgekd.stages.export import PARITY_FILE
 from edgekd.stages.quantize.ort import (
     Prepared,
     check_op_types,
