@@ -335,6 +335,73 @@ def test_benchmark_stage_report_follows_the_contract(benchmarked_run, test_texts
     assert report["benchmark"]["test_texts"] == len(test_texts)
 
 
+# The keys report.json had before it was written through edgekd.report.schema.Report: consumers and the
+# committed reports depend on them, so the typed writer must give back every one (and add only schema_version).
+KEYS_BEFORE_THE_SCHEMA = {
+    "report": {
+        "recipe",
+        "edgekd_version",
+        "created_utc",
+        "environment",
+        "benchmark",
+        "reference",
+        "candidate",
+    }
+    | {"variants", "gates", "passed", "warnings"},
+    "environment": {"cpu", "memory_total_mb", "versions", "python", "python_implementation", "platform"}
+    | {"machine", "load_average", "thread_env", "other_processes_cores", "load_average_after", "threads"},
+    "cpu": {"model", "logical_cores", "physical_cores", "usable_cores", "cgroup_cpu_quota", "flags"},
+    "threads": {"latency_threads", "accuracy_threads", "throughput_threads", "effective_threads"}
+    | {"inter_op_threads", "onnxruntime", "worker_env"},
+    "benchmark": {"threads", "latency_samples", "warmup", "batch_size", "seed", "max_length", "test_texts"}
+    | {"interleaved_rounds", "round_size", "seq_lengths", "seq_samples", "throughput_batch_sizes"}
+    | {"latency_definition"},
+    "variant": {"name", "format", "accuracy", "macro_f1", "per_class", "size_bytes", "size_mb", "params"}
+    | {"latency_ms", "latency_box_ms", "latency_e2e_ms", "tokenize_ms", "latency_by_length_ms"}
+    | {"throughput_texts_per_s", "throughput_threads", "throughput_per_s", "accuracy_pass_threads"}
+    | {"peak_rss_mb", "peak_rss_accuracy_pass_mb", "peak_rss_throughput_mb", "rss_after_load_mb", "load_s"}
+    | {"threads", "effective_threads", "max_positions", "torch_imported", "raw", "folder"}
+    | {"agreement_with_reference", "accuracy_diff_vs_reference_pts", "speedup_p50", "speedup_e2e_p50"}
+    | {"compression", "params_ratio"},
+    "latency_ms": {"p50", "p90", "p99", "mean", "n", "p50_ci95"},
+    "gate": {
+        "name",
+        "limit",
+        "value",
+        "passed",
+        "comparison",
+        "unit",
+        "candidate",
+        "reference",
+        "description",
+    },
+}
+
+
+def test_the_typed_report_keeps_every_key_and_declares_every_one_it_writes(benchmarked_run):
+    from edgekd.report.schema import SCHEMA_VERSION, Report, undeclared_keys
+
+    report = json.loads((benchmarked_run / "report" / "report.json").read_text())
+    assert report["schema_version"] == SCHEMA_VERSION
+    env = report["environment"]
+    written = {
+        "report": set(report) - {"schema_version"},
+        "environment": set(env),
+        "cpu": set(env["cpu"]),
+        "threads": set(env["threads"]),
+        "benchmark": set(report["benchmark"]),
+        "latency_ms": set(report["variants"][0]["latency_ms"]),
+        "gate": set(report["gates"][0]),
+    }
+    assert written == {key: keys for key, keys in KEYS_BEFORE_THE_SCHEMA.items() if key != "variant"}
+    for v in report["variants"]:
+        assert set(v) == KEYS_BEFORE_THE_SCHEMA["variant"], v["name"]
+    # The writer produces declared fields only, at every depth; reading the file back keeps every value.
+    typed = Report.model_validate(report)
+    assert undeclared_keys(typed) == []
+    assert typed.to_json() == report
+
+
 def test_benchmark_stage_adds_lengths_throughput_and_environment(benchmarked_run):
     report = json.loads((benchmarked_run / "report" / "report.json").read_text())
     env = report["environment"]
@@ -454,7 +521,7 @@ def test_gates_pass_and_fail_on_hand_made_variants():
             max_accuracy_drop_pts=2.0, max_latency_p90_ms=5.0, min_speedup_p50=3.0, min_compression=20.0
         ),
     )
-    by_name = {g["name"]: g for g in gates}
+    by_name = {g.name: g for g in gates}
     assert list(by_name) == [
         "max_accuracy_drop_pts",
         "max_latency_p90_ms",
@@ -462,26 +529,26 @@ def test_gates_pass_and_fail_on_hand_made_variants():
         "min_compression",
     ]
     # A drop of exactly the limit passes, although 0.90 - 0.88 is not exactly 0.02 in floating point.
-    assert by_name["max_accuracy_drop_pts"]["value"] == pytest.approx(2.0)
-    assert by_name["max_accuracy_drop_pts"]["passed"] is True
-    assert by_name["max_latency_p90_ms"] == pytest.approx({**by_name["max_latency_p90_ms"], "value": 6.0})
-    assert by_name["max_latency_p90_ms"]["passed"] is False
-    assert by_name["min_speedup_p50"]["value"] == pytest.approx(5.0) and by_name["min_speedup_p50"]["passed"]
-    assert by_name["min_compression"]["value"] == pytest.approx(16.0)
-    assert by_name["min_compression"]["passed"] is False
+    assert by_name["max_accuracy_drop_pts"].value == pytest.approx(2.0)
+    assert by_name["max_accuracy_drop_pts"].passed is True
+    assert by_name["max_latency_p90_ms"].value == pytest.approx(6.0)
+    assert by_name["max_latency_p90_ms"].passed is False
+    assert by_name["min_speedup_p50"].value == pytest.approx(5.0) and by_name["min_speedup_p50"].passed
+    assert by_name["min_compression"].value == pytest.approx(16.0)
+    assert by_name["min_compression"].passed is False
 
 
 def test_gates_size_and_accuracy_limits():
     gates = evaluate_gates(HAND_MADE, {"max_size_mb": 25.0, "min_accuracy": 0.9})
-    assert [(g["name"], g["passed"]) for g in gates] == [("max_size_mb", True), ("min_accuracy", False)]
-    assert gates[0]["comparison"] == "<=" and gates[1]["comparison"] == ">="
+    assert [(g.name, g.passed) for g in gates] == [("max_size_mb", True), ("min_accuracy", False)]
+    assert gates[0].comparison == "<=" and gates[1].comparison == ">="
 
 
 def test_every_recipe_gate_has_a_rule_and_is_evaluated():
     numeric = [name for name in GatesSpec.model_fields if name != "beat_optimum_baseline"]
     assert set(numeric) == set(GATES_BY_NAME)
     every = GatesSpec(**{name: 1.0 for name in numeric})
-    assert [g["name"] for g in evaluate_gates(HAND_MADE, every)] == numeric
+    assert [g.name for g in evaluate_gates(HAND_MADE, every)] == numeric
 
 
 def test_no_gates_set_means_nothing_checked():

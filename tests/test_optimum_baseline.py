@@ -47,17 +47,17 @@ def test_baseline_gate_compares_accuracy_speed_and_size_with_the_optimum_variant
         _variant(OPTIMUM_BASELINE, 0.88, 23.0, 5.0),
         _variant("student-int8-onnx", 0.88, 12.0, 5.5),
     ]
-    gates = {g["name"]: g for g in evaluate_gates(variants, GatesSpec(beat_optimum_baseline=True))}
+    gates = {g.name: g for g in evaluate_gates(variants, GatesSpec(beat_optimum_baseline=True))}
     assert list(gates) == [
         "beat_optimum_baseline.accuracy",
         "beat_optimum_baseline.p50",
         "beat_optimum_baseline.size",
     ]
-    assert gates["beat_optimum_baseline.accuracy"]["passed"]  # equal accuracy is "at least as accurate"
-    assert not gates["beat_optimum_baseline.p50"]["passed"]  # 5.5 ms is slower than 5.0 ms
-    assert gates["beat_optimum_baseline.p50"]["limit"] == pytest.approx(5.0)
-    assert gates["beat_optimum_baseline.size"]["passed"]
-    assert all(g["reference"] == OPTIMUM_BASELINE for g in gates.values())
+    assert gates["beat_optimum_baseline.accuracy"].passed  # equal accuracy is "at least as accurate"
+    assert not gates["beat_optimum_baseline.p50"].passed  # 5.5 ms is slower than 5.0 ms
+    assert gates["beat_optimum_baseline.p50"].limit == pytest.approx(5.0)
+    assert gates["beat_optimum_baseline.size"].passed
+    assert all(g.reference == OPTIMUM_BASELINE for g in gates.values())
 
 
 def test_baseline_gate_needs_the_baseline_variant_and_the_recipe_needs_the_stage(toy_data):

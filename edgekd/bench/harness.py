@@ -40,7 +40,7 @@ from edgekd.bench.inputs import (
     thread_settings,
 )
 from edgekd.bench.measure import measure_models, raw_record
-from edgekd.bench.records import build_report, check_out_of_scope_label, variant_records
+from edgekd.bench.records import build_report, check_out_of_scope_label, describe, variant_records
 from edgekd.bench.spec import HarnessSettings, Measurements, ModelSpec
 from edgekd.errors import (
     InputError,
@@ -50,6 +50,7 @@ from edgekd.errors import (
 )
 from edgekd.recipe.schema import DataSpec, GatesSpec
 from edgekd.report.markdown import write_report_md
+from edgekd.report.schema import Report, StageTime, StudentBudget
 from edgekd.stages.runner import acquire_or_refuse, write_json
 
 # What a report folder holds; files of a previous report there are removed before a new one is written.
@@ -77,7 +78,7 @@ def benchmark_folders(
     student_budget: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = print,
     lock: bool = False,
-) -> dict[str, Any]:
+) -> Report:
     """Measure every model, compare each with the first, judge the candidate and write the report files.
 
     Everything that can be checked is checked before the first measurement: settings, the report folder,
@@ -102,7 +103,7 @@ def benchmark_folders(
             pipeline run holds the run folder's lock instead).
 
     Returns:
-        The report (the content of report.json).
+        The report (`Report.to_json()` is the content of report.json).
 
     Raises:
         InputError, DataError: A folder is not a model, the labels do not match, or a setting is impossible.
@@ -168,7 +169,7 @@ def _measure_and_report(
     stage_times: Sequence[Mapping[str, Any]],
     student_budget: Mapping[str, Any] | None,
     log: Callable[[str], None],
-) -> dict[str, Any]:
+) -> Report:
     """The measuring and writing half of `benchmark_folders`, on inputs that were checked."""
     # Taken before the workers start, so they show what else the machine was doing.
     env = environment()
@@ -185,19 +186,17 @@ def _measure_and_report(
 
     variants = variant_records(models, measured, gold, labels, relative_to, oos)
     for record in variants:
-        log(
-            f"  {record['name']}: accuracy {record['accuracy']:.4f}, "
-            f"p50 {record['latency_ms']['p50']:.3f} ms, size {record['size_bytes'] / 1e6:.2f} MB, "
-            f"speed-up {record['speedup_p50']:.2f}x"
-        )
+        log(f"  {describe(record)}")
     report = build_report(
         title, env, variants, settings, gates, len(texts), warnings, models[0].name, candidate
     )
     if stage_times:
-        report["stage_times"] = [dict(t) for t in stage_times]
+        report.stage_times = [StageTime.model_validate(dict(t)) for t in stage_times]
     if student_budget:
-        measured_speedup = next(v["speedup_p50"] for v in variants if v["name"] == candidate)
-        report["student_budget"] = {**student_budget, "measured_speedup_p50": measured_speedup}
+        measured_speedup = next(v.speedup_p50 for v in variants if v.name == candidate)
+        report.student_budget = StudentBudget.model_validate(
+            {**student_budget, "measured_speedup_p50": measured_speedup}
+        )
     write_report_files(report, measured, out_dir, training_logs)
     for warning in warnings:
         log(f"  warning: {warning}")
@@ -205,7 +204,7 @@ def _measure_and_report(
 
 
 def write_report_files(
-    report: dict[str, Any],
+    report: Report,
     measured: Mapping[str, Measurements],
     out_dir: Path,
     training_logs: Mapping[str, Path],
@@ -229,7 +228,7 @@ def write_report_files(
             write_json(raw_dir / f"{name}.json", raw_record(result))
         write_report_md(report, out_dir / "report.md")
         write_report_html(report, out_dir / "report.html", read_training_logs(training_logs))
-        write_json(out_dir / "report.json", report)
+        write_json(out_dir / "report.json", report.to_json())
 
 
 def clear_previous_report(out_dir: Path) -> None:

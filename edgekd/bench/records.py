@@ -1,5 +1,6 @@
 """From measurements to report.json: the variant records (accuracy, latency, size, out-of-scope scores with
-bootstrap intervals), comparisons against the reference, and the report itself.
+bootstrap intervals), comparisons against the reference, and the report itself, as the typed models of
+edgekd/report/schema.py (which the report files are written from).
 """
 
 from __future__ import annotations
@@ -30,6 +31,19 @@ from edgekd.errors import (
 )
 from edgekd.recipe.schema import GatesSpec
 from edgekd.report.gates import evaluate_gates
+from edgekd.report.schema import (
+    SCHEMA_VERSION,
+    AccuracyDiff,
+    BenchmarkSettings,
+    BoxStats,
+    ClassScores,
+    Environment,
+    Latency,
+    LengthLatency,
+    Percentiles,
+    Report,
+    Variant,
+)
 
 N_BOOT = 1000
 
@@ -63,7 +77,7 @@ def variant_records(
     labels: list[str],
     relative_to: Path | None,
     out_of_scope: int | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Variant]:
     """The report's variant list, in the given order, with the comparisons against the first one.
 
     With `out_of_scope` (the id of a "none of the others" class), each record also gets in-scope accuracy
@@ -78,9 +92,11 @@ def variant_records(
     records = []
     for model in models:
         record = variant_record(model, measured[model.name], predictions[model.name], gold, labels)
-        record["folder"] = _shown_path(model.folder, relative_to)
+        record.folder = _shown_path(model.folder, relative_to)
         if out_of_scope is not None:
-            record.update(out_of_scope_scores(gold, predictions[model.name], out_of_scope))
+            scores = out_of_scope_scores(gold, predictions[model.name], out_of_scope)
+            record.in_scope_accuracy = scores["in_scope_accuracy"]
+            record.out_of_scope_recall = scores["out_of_scope_recall"]
         records.append(record)
     add_reference_comparisons(records, predictions, gold)
     return records
@@ -88,7 +104,7 @@ def variant_records(
 
 def variant_record(
     model: ModelSpec, result: Measurements, predicted: np.ndarray, gold: list[int], labels: list[str]
-) -> dict[str, Any]:
+) -> Variant:
     """One model's line of the report (the comparisons with the reference are added afterwards)."""
     onnx = model.format == "onnx"
     n_classes = len(labels)
@@ -96,38 +112,39 @@ def variant_record(
     lo, hi = bootstrap_ci(result.model_ms, np.median, n_boot=N_BOOT, seed=0)
     size = folder_size(model.folder, onnx=onnx)
     n_texts = len(result.predictions)
-    return {
-        "name": model.name,
-        "format": model.format,
-        "accuracy": float((predicted == gold_arr).mean()),
-        "macro_f1": macro_f1(gold, predicted.tolist(), n_classes),
-        "per_class": dict(zip(labels, per_class_scores(gold, predicted.tolist(), n_classes), strict=True)),
-        "size_bytes": size,
-        "size_mb": size / 1e6,
-        "params": param_count(model.folder, onnx=onnx),
-        "latency_ms": {**percentiles(result.model_ms), "p50_ci95": [lo, hi]},
-        "latency_box_ms": box_stats(result.model_ms),
-        "latency_e2e_ms": percentiles(result.e2e_ms),
-        "tokenize_ms": percentiles(result.tokenize_ms),
-        "latency_by_length_ms": [
-            {"tokens": length, **percentiles(values)}
+    scores = per_class_scores(gold, predicted.tolist(), n_classes)
+    return Variant(
+        name=model.name,
+        format=model.format,
+        accuracy=float((predicted == gold_arr).mean()),
+        macro_f1=macro_f1(gold, predicted.tolist(), n_classes),
+        per_class={label: ClassScores.model_validate(s) for label, s in zip(labels, scores, strict=True)},
+        size_bytes=size,
+        size_mb=size / 1e6,
+        params=param_count(model.folder, onnx=onnx),
+        latency_ms=Latency.model_validate({**percentiles(result.model_ms), "p50_ci95": (lo, hi)}),
+        latency_box_ms=BoxStats.model_validate(box_stats(result.model_ms)),
+        latency_e2e_ms=Percentiles.model_validate(percentiles(result.e2e_ms)),
+        tokenize_ms=Percentiles.model_validate(percentiles(result.tokenize_ms)),
+        latency_by_length_ms=[
+            LengthLatency.model_validate({"tokens": length, **percentiles(values)})
             for length, values in sorted(result.by_length_ms.items())
         ],
-        "throughput_texts_per_s": median_throughput(result.throughput_rounds),
-        "throughput_threads": result.throughput_threads,
-        "throughput_per_s": n_texts / result.accuracy_pass_s if result.accuracy_pass_s else None,
-        "accuracy_pass_threads": result.accuracy_pass_threads,
-        "peak_rss_mb": result.peak_rss_serving_mb,
-        "peak_rss_accuracy_pass_mb": result.peak_rss_accuracy_pass_mb,
-        "peak_rss_throughput_mb": result.peak_rss_throughput_mb,
-        "rss_after_load_mb": result.ready.get("rss_mb"),
-        "load_s": result.ready.get("load_s"),
-        "threads": result.ready.get("threads"),
-        "effective_threads": result.ready.get("effective_threads"),
-        "max_positions": result.ready.get("max_positions"),
-        "torch_imported": result.ready.get("torch_imported"),
-        "raw": f"raw/{model.name}.json",
-    }
+        throughput_texts_per_s=median_throughput(result.throughput_rounds),
+        throughput_threads=result.throughput_threads,
+        throughput_per_s=n_texts / result.accuracy_pass_s if result.accuracy_pass_s else None,
+        accuracy_pass_threads=result.accuracy_pass_threads,
+        peak_rss_mb=result.peak_rss_serving_mb,
+        peak_rss_accuracy_pass_mb=result.peak_rss_accuracy_pass_mb,
+        peak_rss_throughput_mb=result.peak_rss_throughput_mb,
+        rss_after_load_mb=result.ready.get("rss_mb"),
+        load_s=result.ready.get("load_s"),
+        threads=result.ready.get("threads"),
+        effective_threads=result.ready.get("effective_threads"),
+        max_positions=result.ready.get("max_positions"),
+        torch_imported=result.ready.get("torch_imported"),
+        raw=f"raw/{model.name}.json",
+    )
 
 
 def check_out_of_scope_label(label: str | None, labels: Sequence[str]) -> int | None:
@@ -166,63 +183,83 @@ def median_throughput(rounds: Sequence[Mapping[str, float]]) -> dict[str, float]
 
 
 def add_reference_comparisons(
-    variants: list[dict[str, Any]], predictions: Mapping[str, np.ndarray], gold: list[int]
+    variants: list[Variant], predictions: Mapping[str, np.ndarray], gold: list[int]
 ) -> None:
     """Add agreement, paired accuracy difference, speed-up and compression against the first variant."""
     reference = variants[0]
-    ref_pred = predictions[reference["name"]]
+    ref_pred = predictions[reference.name]
     gold_arr = np.asarray(gold, dtype=np.int64)
     for record in variants:
-        pred = predictions[record["name"]]
+        pred = predictions[record.name]
         diff, lo, hi = accuracy_diff_ci(pred == gold_arr, ref_pred == gold_arr, n_boot=N_BOOT, seed=0)
-        record["agreement_with_reference"] = float((pred == ref_pred).mean())
-        record["accuracy_diff_vs_reference_pts"] = {"diff": diff * 100, "ci95": [lo * 100, hi * 100]}
-        record["speedup_p50"] = reference["latency_ms"]["p50"] / record["latency_ms"]["p50"]
-        record["speedup_e2e_p50"] = reference["latency_e2e_ms"]["p50"] / record["latency_e2e_ms"]["p50"]
-        record["compression"] = reference["size_bytes"] / record["size_bytes"]
-        record["params_ratio"] = record["params"] / reference["params"] if reference["params"] else None
+        record.agreement_with_reference = float((pred == ref_pred).mean())
+        record.accuracy_diff_vs_reference_pts = AccuracyDiff(diff=diff * 100, ci95=(lo * 100, hi * 100))
+        record.speedup_p50 = _p50(reference.latency_ms) / _p50(record.latency_ms)
+        record.speedup_e2e_p50 = _p50(reference.latency_e2e_ms) / _p50(record.latency_e2e_ms)
+        record.compression = _measured(reference.size_bytes) / _measured(record.size_bytes)
+        record.params_ratio = _measured(record.params) / reference.params if reference.params else None
 
 
 def build_report(
     title: str,
-    env: dict[str, Any],
-    variants: list[dict[str, Any]],
+    env: Mapping[str, Any],
+    variants: list[Variant],
     settings: HarnessSettings,
     gates_spec: GatesSpec,
     n_texts: int,
     warnings: list[str],
     reference: str,
     candidate: str,
-) -> dict[str, Any]:
+) -> Report:
     """report.json: the contract keys (recipe, edgekd_version, environment, variants, gates, passed) and more."""
     gates = evaluate_gates(variants, gates_spec, reference=reference, candidate=candidate)
-    return {
-        "recipe": title,
-        "edgekd_version": __version__,
-        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "environment": env,
-        "benchmark": {
-            "threads": settings.threads,
-            "latency_samples": settings.latency_samples,
-            "warmup": settings.warmup,
-            "batch_size": settings.batch_size,
-            "seed": settings.seed,
-            "max_length": settings.max_length,
-            "test_texts": n_texts,
-            "interleaved_rounds": len(round_slices(settings.latency_samples, settings.round_size)),
-            "round_size": settings.round_size,
-            "seq_lengths": list(settings.seq_lengths),
-            "seq_samples": settings.seq_samples,
-            "throughput_batch_sizes": list(settings.throughput_batch_sizes),
-            "latency_definition": "batch-1 model call, ms; tokenization timed apart (tokenize_ms, e2e)",
-        },
-        "reference": reference,
-        "candidate": candidate,
-        "variants": variants,
-        "gates": gates,
-        "passed": all(g["passed"] for g in gates),
-        "warnings": warnings,
-    }
+    return Report(
+        schema_version=SCHEMA_VERSION,
+        recipe=title,
+        edgekd_version=__version__,
+        created_utc=datetime.now(UTC).isoformat(timespec="seconds"),
+        environment=Environment.model_validate(env),
+        benchmark=BenchmarkSettings(
+            threads=settings.threads,
+            latency_samples=settings.latency_samples,
+            warmup=settings.warmup,
+            batch_size=settings.batch_size,
+            seed=settings.seed,
+            max_length=settings.max_length,
+            test_texts=n_texts,
+            interleaved_rounds=len(round_slices(settings.latency_samples, settings.round_size)),
+            round_size=settings.round_size,
+            seq_lengths=list(settings.seq_lengths),
+            seq_samples=settings.seq_samples,
+            throughput_batch_sizes=list(settings.throughput_batch_sizes),
+            latency_definition="batch-1 model call, ms; tokenization timed apart (tokenize_ms, e2e)",
+        ),
+        reference=reference,
+        candidate=candidate,
+        variants=variants,
+        gates=gates,
+        passed=all(g.passed for g in gates),
+        warnings=warnings,
+    )
+
+
+def describe(variant: Variant) -> str:
+    """One log line of a measured variant."""
+    return (
+        f"{variant.name}: accuracy {_measured(variant.accuracy):.4f}, p50 {_p50(variant.latency_ms):.3f} ms, "
+        f"size {_measured(variant.size_bytes) / 1e6:.2f} MB, speed-up {_measured(variant.speedup_p50):.2f}x"
+    )
+
+
+def _p50(latency: Percentiles | None) -> float:
+    return _measured(latency.p50 if latency is not None else None)
+
+
+def _measured(value: float | None) -> float:
+    """A number variant_record always sets (a missing one is a bug here, not a user's mistake)."""
+    if value is None:
+        raise ValueError("a variant record lacks a measured number")
+    return float(value)
 
 
 def _shown_path(path: Path, root: Path | None) -> str:

@@ -99,9 +99,9 @@ class BenchmarkStage(StageBase):
             student_budget=distill_budget_record(ctx.upstream),
             log=ctx.log,
         )
-        failed = [g["name"] for g in report["gates"] if not g["passed"]]
+        failed = report.failed_gates
         return StageResult(
-            metrics={"passed": report["passed"], "report": "report.json", "failed_gates": failed},
+            metrics={"passed": report.passed, "report": "report.json", "failed_gates": failed},
             summary="all gates passed" if not failed else f"gates failed: {', '.join(failed)}",
         )
 
