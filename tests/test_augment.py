@@ -209,6 +209,7 @@ def test_augmented_rows_carry_the_teacher_logits_and_no_hard_label(tiny_classifi
     assert -100 not in data.train.select(range(n_train))["label"]
 
 
+@pytest.mark.e2e
 def test_compress_with_augmentation_records_what_it_made(tmp_path: Path) -> None:
     """The smoke recipe end to end through the CLI: the teacher labels the new rows (cached like any split)
     and distill/stage.json counts them per method and per teacher label."""

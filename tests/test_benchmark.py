@@ -307,6 +307,7 @@ def _log_history(tag: str) -> list[dict]:
     return entries
 
 
+@pytest.mark.slow
 def test_benchmark_stage_report_follows_the_contract(benchmarked_run, test_texts):
     report = json.loads((benchmarked_run / "report" / "report.json").read_text())
     assert isinstance(report["recipe"], str) and report["recipe"] == "bench-test"
@@ -378,6 +379,7 @@ KEYS_BEFORE_THE_SCHEMA = {
 }
 
 
+@pytest.mark.slow
 def test_the_typed_report_keeps_every_key_and_declares_every_one_it_writes(benchmarked_run):
     from edgekd.report.schema import SCHEMA_VERSION, Report, undeclared_keys
 
@@ -402,6 +404,7 @@ def test_the_typed_report_keeps_every_key_and_declares_every_one_it_writes(bench
     assert typed.to_json() == report
 
 
+@pytest.mark.slow
 def test_benchmark_stage_adds_lengths_throughput_and_environment(benchmarked_run):
     report = json.loads((benchmarked_run / "report" / "report.json").read_text())
     env = report["environment"]
@@ -426,6 +429,7 @@ def test_benchmark_stage_adds_lengths_throughput_and_environment(benchmarked_run
     assert "## Latency by sequence length" in text and "## Throughput" in text and "after:" in text
 
 
+@pytest.mark.slow
 def test_benchmark_stage_writes_report_html_with_every_chart(benchmarked_run):
     page = (benchmarked_run / "report" / "report.html").read_text()
     for chart in ("chart-pareto", "chart-size", "chart-latency-dist", "chart-seq-latency"):
@@ -436,6 +440,7 @@ def test_benchmark_stage_writes_report_html_with_every_chart(benchmarked_run):
     assert "<script" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
 
 
+@pytest.mark.slow
 def test_benchmark_stage_compares_with_the_teacher(benchmarked_run):
     report = json.loads((benchmarked_run / "report" / "report.json").read_text())
     teacher, student, int8 = report["variants"]
@@ -449,6 +454,7 @@ def test_benchmark_stage_compares_with_the_teacher(benchmarked_run):
     assert int8["peak_rss_mb"] < 0.6 * teacher["peak_rss_mb"]
 
 
+@pytest.mark.slow
 def test_benchmark_stage_reports_a_failed_gate_without_raising(benchmarked_run):
     report = json.loads((benchmarked_run / "report" / "report.json").read_text())
     gates = {g["name"]: g for g in report["gates"]}
@@ -468,6 +474,7 @@ def test_benchmark_stage_reports_a_failed_gate_without_raising(benchmarked_run):
     assert stage["metrics"]["report"] == "report.json"
 
 
+@pytest.mark.slow
 def test_benchmark_stage_writes_a_readable_sign_off_page(benchmarked_run):
     text = (benchmarked_run / "report" / "report.md").read_text()
     assert "Verdict: FAIL" in text
@@ -679,6 +686,7 @@ def cli_runs(tmp_path_factory, tiny_classifier_dir, onnx_dir, int8_dir, toy_data
     return root, failing, passing
 
 
+@pytest.mark.slow
 def test_benchmark_command_exits_3_on_a_failed_gate_and_writes_the_reports(cli_runs):
     root, failing, _ = cli_runs
     assert failing.returncode == 3, failing.stderr[-3000:]
@@ -704,6 +712,7 @@ def test_benchmark_command_exits_3_on_a_failed_gate_and_writes_the_reports(cli_r
     }
 
 
+@pytest.mark.slow
 def test_benchmark_command_exits_0_when_every_gate_passes(cli_runs):
     root, _, passing = cli_runs
     assert passing.returncode == 0, passing.stderr[-3000:]
@@ -714,6 +723,7 @@ def test_benchmark_command_exits_0_when_every_gate_passes(cli_runs):
     assert all(v["torch_imported"] is False for v in report["variants"])
 
 
+@pytest.mark.slow
 def test_compare_command_prints_per_variant_and_environment_differences(cli_runs):
     root, _, _ = cli_runs
     result = edgekd_cli("compare", str(root / "fail"), str(root / "pass" / "report.json"))

@@ -91,6 +91,7 @@ def test_real_measurements_time_the_teacher_and_each_pruned_candidate(
     assert any("student budget: layers [1], FFN kept 0.5, heads kept 0.5" in line for line in logged)
 
 
+@pytest.mark.e2e
 def test_compress_distils_the_chosen_shape_and_reports_predicted_against_measured(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

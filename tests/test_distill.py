@@ -76,6 +76,7 @@ def student_logits(model_dir: Path, texts: list[str]):
 # Reproducibility
 
 
+@pytest.mark.slow
 def test_same_recipe_and_seed_give_the_same_student_to_the_example(tmp_path: Path) -> None:
     """The smoke distill run twice (separate run folders, separate caches) predicts identically."""
     import torch
@@ -283,6 +284,7 @@ def test_cli_refuses_an_empty_unlabelled_file_with_exit_2_and_writes_nothing(tmp
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_distill_throughput_benchmark_runs_and_writes_its_result(tmp_path):
     out = tmp_path / "throughput.json"
     script = REPO / "benchmarks" / "distill_throughput.py"

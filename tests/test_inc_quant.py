@@ -14,6 +14,7 @@ from edgekd.stages.quantize.inc import autotune_pytorch_int8
 TOY = Path(__file__).resolve().parent.parent / "recipes" / "data" / "toy_topics"
 
 
+@pytest.mark.slow
 def test_autotune_quantizes_within_the_tolerable_loss_and_saves_a_loadable_model(
     tiny_classifier_dir, tmp_path
 ):

@@ -97,6 +97,7 @@ def test_baseline_stage_writes_an_int8_onnx_folder_with_its_settings(baseline_ru
     assert settings["quantization"] == {"preset": "avx512_vnni", "is_static": False, "per_channel": False}
 
 
+@pytest.mark.slow
 def test_benchmark_measures_the_baseline_and_gates_against_it(
     baseline_run, tiny_classifier_dir, toy_data, tmp_path
 ):

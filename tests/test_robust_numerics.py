@@ -101,6 +101,7 @@ def test_nan_loss_in_distillation_stops_with_the_step(
     assert not (shared_run / "distill").exists() and not (shared_run / ".distill.partial").exists()
 
 
+@pytest.mark.slow
 def test_onnx_parity_breach_fails_the_export_with_the_measured_difference(shared_run: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "edgekd.cli", *cli_args(shared_run, "export.atol=1e-15")],

@@ -90,6 +90,7 @@ def kill_after_checkpoint(process: subprocess.Popen[bytes], checkpoints: Path) -
     pytest.fail(f"no {pattern} within {POLL_TIMEOUT_S}s")
 
 
+@pytest.mark.e2e
 def test_killed_runs_resume_from_their_checkpoints(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
 

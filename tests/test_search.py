@@ -91,6 +91,7 @@ def test_no_finished_trial_is_a_clear_error() -> None:
         run_search(SearchSpec(n_trials=2), 0, train, log=lambda _: None, pruner=PruneAll())
 
 
+@pytest.mark.slow
 def test_distill_stage_search_keeps_the_best_student_and_writes_search_json(
     tmp_path: Path, toy_data: Path, tiny_classifier_dir: Path
 ) -> None:

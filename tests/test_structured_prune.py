@@ -238,6 +238,7 @@ def test_prune_settings_out_of_range_name_the_field(value: str, field: str) -> N
 # End to end
 
 
+@pytest.mark.e2e
 def test_compress_prunes_the_student_and_the_chain_completes(tmp_path: Path) -> None:
     """The smoke student (one layer: 4 heads, 128 neurons) pruned to half, distilled, exported, quantized and
     benchmarked through the CLI; distill/stage.json records what pruning removed."""
@@ -280,6 +281,7 @@ def test_compress_prunes_the_student_and_the_chain_completes(tmp_path: Path) -> 
     assert json.loads((run_dir / "export" / "parity.json").read_text())["passed"] is True
 
 
+@pytest.mark.slow
 def test_student_depth_benchmark_measures_pruned_widths(
     tmp_path: Path, tiny_classifier_dir: Path, toy_data: Path
 ) -> None:

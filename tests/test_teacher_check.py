@@ -219,6 +219,7 @@ def refused_run(
     return recipe, run_dir, result
 
 
+@pytest.mark.slow
 def test_the_cli_stops_with_exit_1_before_distillation(refused_run) -> None:
     _, run_dir, result = refused_run
     assert result.returncode == 1, result.stderr[-3000:]
@@ -241,6 +242,7 @@ def test_the_cli_stops_with_exit_1_before_distillation(refused_run) -> None:
     assert not (run_dir / "distill").exists() and not list(run_dir.glob(".distill*"))
 
 
+@pytest.mark.slow
 def test_a_cached_bad_teacher_is_refused_again(refused_run) -> None:
     from edgekd.pipeline import compress
 
@@ -266,6 +268,7 @@ class ReportOnly(StageBase):
         return StageResult()
 
 
+@pytest.mark.slow
 def test_turning_the_check_off_reuses_the_teacher_and_goes_on(refused_run, monkeypatch) -> None:
     import edgekd.pipeline as pipeline
 
