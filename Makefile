@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 # `pip install torch==X` picks the CPU build on local disk; an unpinned resolve would pull a multi-GB CUDA build.
 TORCH_PIN := $(shell grep -o '"torch==[0-9.]*"' pyproject.toml | tr -d '"')
 
-.PHONY: install test lint demo assets smoke nightly clean
+.PHONY: install test test-fast lint demo assets smoke nightly clean
 
 install: $(VENV)/.installed
 
@@ -22,9 +22,14 @@ lint: install
 	$(VENV)/bin/ruff check edgekd tests benchmarks scripts
 	$(VENV)/bin/ruff format --check edgekd tests benchmarks scripts
 	$(VENV)/bin/mypy
+	$(PY) scripts/check_layout.py
 
 test: lint
 	$(VENV)/bin/pytest -q
+
+# The edit-test loop: everything but the whole-pipeline runs and the tests over ~10 s (markers in pyproject.toml).
+test-fast: lint
+	$(VENV)/bin/pytest -q -m "not e2e and not slow"
 
 assets: install
 	$(VENV)/bin/edgekd assets

@@ -106,8 +106,8 @@ distill:
 
 def run_edgekd(recipe: Any, run_dir: Path) -> tuple[Path, dict[str, Any], float]:
     """The teacher stage (untimed: it only copies a ready classifier), then the timed distill stage."""
-    from edgekd.stage import run_stage
-    from edgekd.stages.distill import DistillStage
+    from edgekd.stages.distill.stage import DistillStage
+    from edgekd.stages.runner import run_stage
     from edgekd.stages.teacher import TeacherStage
 
     key, _, _ = run_stage(TeacherStage(), recipe, run_dir, {})
@@ -123,8 +123,8 @@ def run_naive(recipe: Any, teacher_dir: Path) -> tuple[float, float]:
     from transformers import get_linear_schedule_with_warmup
 
     from edgekd.data import load_splits
-    from edgekd.losses import distillation_loss
     from edgekd.models import keep_layers, load_classifier, load_tokenizer
+    from edgekd.stages.distill.losses import distillation_loss
     from edgekd.training import seed_everything
 
     spec, max_length = recipe.distill, recipe.data.max_length
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
-    from edgekd.recipe import load_recipe
+    from edgekd.recipe.load import load_recipe
 
     real = not args.tiny and MINILM.is_dir() and AG_NEWS.is_dir()
     with tempfile.TemporaryDirectory(prefix="distill-throughput-") as tmp:

@@ -41,7 +41,7 @@ def build_tiny_model(folder: Path) -> None:
     from optimum.exporters.onnx import main_export
 
     from edgekd.models import build_from_config, build_tokenizer
-    from edgekd.recipe import TokenizerBuild
+    from edgekd.recipe.schema import TokenizerBuild
 
     texts = read_texts(TOY_DATA / "train.jsonl")
     labels = (TOY_DATA / "labels.txt").read_text().split()
@@ -63,23 +63,16 @@ def read_texts(path: Path) -> list[str]:
 
 
 def bare_session(model_path: Path) -> Any:
-    """The same session options the harness worker uses: one intra-op thread, sequential, no spinning."""
-    import onnxruntime as ort
+    """The session the harness worker measures (edgekd.runtime's options), with one intra-op thread."""
+    from edgekd.runtime import create_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+    return create_session(model_path, threads=1)
 
 
 def pretokenize(
     folder: Path, texts: list[str], max_length: int, input_names: list[str]
 ) -> list[dict[str, Any]]:
-    """Batch-1 feeds for every text, tokenized exactly as the harness worker tokenizes them."""
+    """Batch-1 feeds for every text, tokenized exactly as the harness worker (edgekd.runtime.Classifier) does."""
     from edgekd.bench.worker import OnnxBackend
 
     backend = OnnxBackend(folder, threads=1, max_length=max_length)
@@ -100,8 +93,8 @@ def measure_once(folder: Path, texts: list[str], max_length: int, blocks: int, w
     """One repeat: harness and bare loop in alternating blocks over the same texts."""
     import numpy as np
 
+    from edgekd.artifact import onnx_model_path
     from edgekd.bench.worker import WorkerProcess
-    from edgekd.size import onnx_model_path
 
     session = bare_session(onnx_model_path(folder))
     output = (
@@ -142,17 +135,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=8, help="alternating blocks per repeat")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--max-length", type=int, default=None, help="default: edgekd.json, else 128")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="default: what edgekd.runtime reads from the folder (edgekd.json)",
+    )
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--build-tiny", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.build_tiny:
         build_tiny_model(args.build_tiny)
         return 0
-    # Equal budgets for both sides: this process's own native pools are capped like the worker's.
-    os.environ.update({"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
     sys.path.insert(0, str(REPO))
+    from edgekd.artifact import thread_env
     from edgekd.bench.worker import default_max_length
+
+    # Equal budgets for both sides: this process's own native pools are capped like the worker's.
+    os.environ.update(thread_env(1))
 
     with tempfile.TemporaryDirectory(prefix="edgekd-overhead-") as tmp:
         folder = args.model
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             # Built in a subprocess so that this process never imports torch.
             subprocess.run([sys.executable, __file__, "--build-tiny", tmp], check=True, capture_output=True)
             folder = Path(tmp) / "onnx"
-        max_length = args.max_length or default_max_length(folder)
+        max_length = args.max_length or default_max_length(folder, "onnx")
         pool = read_texts(args.texts)
         texts = [pool[i % len(pool)] for i in range(args.samples)]
         runs = [

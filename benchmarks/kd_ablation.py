@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.bench.harness import check_out_of_scope_label, out_of_scope_scores
-from edgekd.envinfo import cpu_flags, cpu_model
+from edgekd.bench.envinfo import cpu_flags, cpu_model
+from edgekd.bench.records import check_out_of_scope_label, out_of_scope_scores
 from edgekd.pipeline import preflight
-from edgekd.recipe import Recipe
-from edgekd.stage import read_stage_json, run_stage, stage_key
-from edgekd.stages.distill import DistillStage, load_cached_logits
+from edgekd.recipe.schema import Recipe
+from edgekd.stages.distill.stage import DistillStage, load_cached_logits
+from edgekd.stages.runner import read_stage_json, run_stage, stage_key
 from edgekd.stages.teacher import TeacherStage
 
 

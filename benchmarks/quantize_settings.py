@@ -2,7 +2,7 @@
 
 Why: on x86 CPUs without VNNI, ONNX Runtime's u8s8 dynamic kernel accumulates pairs of products in int16 with
 saturation, so qint8 weights can lose accuracy; quint8 weights (u8u8 kernel) or reduce_range (7-bit weights)
-avoid it at some cost. `weight_type: auto` in edgekd/stages/quantize.py is chosen from these numbers.
+avoid it at some cost. `weight_type: auto` in edgekd/stages/quantize/stage.py is chosen from these numbers.
 
 Usage (each RUN is a run folder with export/ and recipe.resolved.yaml, e.g. runs/quickstart):
 
@@ -27,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from edgekd.bench.envinfo import cpu_flags, cpu_model
 from edgekd.data import load_splits
-from edgekd.envinfo import cpu_flags, cpu_model
-from edgekd.quant_search import Evaluation, OnnxEvaluator, batch1_latency_ms
-from edgekd.recipe import QuantizeSpec, load_recipe
+from edgekd.recipe.load import load_recipe
+from edgekd.recipe.schema import QuantizeSpec
 from edgekd.stages.export import onnx_file_bytes
-from edgekd.stages.quantize import fuse_graph, make_quantizer, quantization_settings
+from edgekd.stages.quantize.ort import fuse_graph, make_quantizer, quantization_settings
+from edgekd.stages.quantize.search import Evaluation, OnnxEvaluator, batch1_latency_ms
 
 SETTINGS: list[dict[str, Any]] = [
     {"weight_type": "qint8", "reduce_range": False},

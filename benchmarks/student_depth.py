@@ -29,13 +29,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from edgekd.bench.envinfo import cpu_flags, cpu_model
 from edgekd.data import load_splits
-from edgekd.envinfo import cpu_flags, cpu_model
-from edgekd.quant_search import batch1_latency_ms
-from edgekd.recipe import DataSpec, QuantizeSpec
-from edgekd.stages.export import export_onnx, onnx_file_bytes
-from edgekd.stages.quantize import quantization_settings, quantize_model, resolve_weight_type
-from edgekd.structured_prune import (
+from edgekd.recipe.schema import DataSpec, QuantizeSpec
+from edgekd.stages.distill.structured_prune import (
     PrunePlan,
     apply_plan,
     ffn_width,
@@ -43,6 +40,9 @@ from edgekd.structured_prune import (
     kept_count,
     prunable_layers,
 )
+from edgekd.stages.export import export_onnx, onnx_file_bytes
+from edgekd.stages.quantize.ort import quantization_settings, quantize_model, resolve_weight_type
+from edgekd.stages.quantize.search import batch1_latency_ms
 
 
 def truncated_copy(

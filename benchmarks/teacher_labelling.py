@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/teacher_labelling.py --texts 256            # MPNet-base, AG News
     .venv/bin/python benchmarks/teacher_labelling.py --tiny --texts 200     # tiny random model, toy data
 
-Every backend labels the same N texts with the code the distill stage runs (edgekd/labelling.py: length-sorted
+Every backend labels the same N texts with the code the distill stage runs (edgekd/stages/distill/labelling.py: length-sorted
 batches of 64 with dynamic padding), after one warm-up batch; `torch-fp32` is the path the distill stage used
 before backends existed (the "before" figure). The same thread budget for all: torch and ONNX Runtime both get
 every usable core. One-off costs (ONNX export, INT8 quantization) are timed apart from labelling, since the
@@ -35,8 +35,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edgekd import labelling  # noqa: E402
-from edgekd.envinfo import cpu_snapshot, environment, other_processes_cores, usable_cores  # noqa: E402
+from edgekd.bench.envinfo import cpu_snapshot, environment, other_processes_cores, usable_cores  # noqa: E402
+from edgekd.stages.distill import labelling  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "teacher_labelling.json"
 MPNET = REPO / "models" / "mpnet-base"
@@ -89,7 +89,7 @@ def classifier_folder(args: argparse.Namespace, folder: Path) -> Path:
     torch.manual_seed(args.seed)
     if args.tiny:
         from edgekd.models import build_from_config, build_tokenizer
-        from edgekd.recipe import TokenizerBuild
+        from edgekd.recipe.schema import TokenizerBuild
 
         texts = read_texts(TOY / "train.jsonl", 10_000, args.seed)
         tokenizer = build_tokenizer(TokenizerBuild(vocab_size=200), texts)
@@ -139,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     threads = usable_cores() or 1
-    torch.set_num_threads(threads)  # ONNX Runtime sessions get the same count (edgekd.labelling)
+    torch.set_num_threads(
+        threads
+    )  # ONNX Runtime sessions get the same count (edgekd.stages.distill.labelling)
     data = TOY / "train.jsonl" if args.tiny else (args.data or ag_news_train())
     texts = read_texts(data, args.texts, args.seed)
     backends = [labelling.REFERENCE] + [b for b in args.backends if b != labelling.REFERENCE]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from edgekd._version import __version__
 
 if TYPE_CHECKING:
-    from edgekd.recipe import Recipe
+    from edgekd.recipe.schema import Recipe
 
 __all__ = ["__version__", "compress", "validate"]
 
@@ -21,6 +21,6 @@ def compress(recipe: str, overrides: list[str] | None = None, **kwargs: Any) -> 
 
 def validate(recipe: str, overrides: list[str] | None = None) -> Recipe:
     """Load and check a recipe without running anything."""
-    from edgekd.recipe import load_recipe
+    from edgekd.recipe.load import load_recipe
 
     return load_recipe(recipe, overrides)

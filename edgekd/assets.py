@@ -402,7 +402,7 @@ def _reinstall_hint(origin: Sequence[str]) -> str:
 
 
 def _write_marker(folder: Path, sha256: str, origin: Sequence[str]) -> None:
-    from edgekd import __version__
+    from edgekd._version import __version__
 
     info = {
         "sha256": sha256,

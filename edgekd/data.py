@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekd.errors import DataError, MissingDependencyError, first_line
-from edgekd.recipe import DataSpec, data_root
+from edgekd.recipe.load import data_root
+from edgekd.recipe.schema import DataSpec
 
 if TYPE_CHECKING:
     from datasets import Dataset

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekd.errors import InputError, MissingDependencyError
-from edgekd.recipe import ModelSpec, TokenizerBuild
+from edgekd.recipe.schema import ModelSpec, TokenizerBuild
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -19,8 +19,10 @@ from typing import Any
 
 from edgekd.data import Splits, load_splits
 from edgekd.errors import InputError, RecipeError, RunLockedError, StageError, resource_error
-from edgekd.recipe import Recipe, fix_hint, load_recipe, recipe_to_yaml
-from edgekd.stage import Stage, acquire_or_refuse, run_stage, write_json
+from edgekd.recipe.load import fix_hint, load_recipe, recipe_to_yaml
+from edgekd.recipe.schema import Recipe
+from edgekd.stages.base import Stage
+from edgekd.stages.runner import acquire_or_refuse, run_stage, write_json
 
 RUNS_ROOT = Path("runs")
 
@@ -33,11 +35,11 @@ def stages(recipe: Recipe | None = None) -> list[Stage]:
     `benchmark.optimum_baseline`, the Optimum baseline stage runs before the benchmark, which measures it too.
     """
     from edgekd.stages.benchmark import BenchmarkStage
-    from edgekd.stages.distill import DistillStage
+    from edgekd.stages.distill.stage import DistillStage
     from edgekd.stages.export import ExportStage
     from edgekd.stages.optimum_baseline import OptimumBaselineStage
     from edgekd.stages.prune_vocab import PruneVocabStage
-    from edgekd.stages.quantize import QuantizeStage
+    from edgekd.stages.quantize.stage import QuantizeStage
     from edgekd.stages.teacher import TeacherStage
 
     pruned = recipe is not None and recipe.prune_vocab.enabled
@@ -143,10 +145,13 @@ def compress(
                 (run_dir / "recipe.resolved.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
                 write_json(run_dir / "env.json", _environment())
         keys: dict[str, str] = {}
+        records: dict[str, dict[str, Any]] = {}
         for stage in stages(recipe):
             inputs = {name: keys[name] for name in stage.needs}
-            key, record, skipped = run_stage(stage, recipe, run_dir, inputs, force=force, log=log)
-            keys[stage.name] = key
+            key, record, skipped = run_stage(
+                stage, recipe, run_dir, inputs, force=force, log=log, upstream=records
+            )
+            keys[stage.name], records[stage.name] = key, record
             how = "cached, skipped" if skipped else f"done in {record['wall_time_s']:.1f}s"
             log(f"[{stage.name}] {how}")
             if stage.name == "teacher":  # fresh or cached: a teacher that learned nothing stops the run here
@@ -187,8 +192,7 @@ def preflight(recipe_path: str | Path, overrides: list[str] | None = None) -> tu
     Raises:
         RecipeError, DataError, InputError: what to change, one message (every recipe problem at once).
     """
-    from edgekd.arch_check import architecture_problems
-    from edgekd.stages.distill import preflight as preflight_distill
+    from edgekd.recipe.architectures import architecture_problems
 
     recipe = load_recipe(recipe_path, overrides)
     check_model_folders(recipe)
@@ -200,7 +204,8 @@ def preflight(recipe_path: str | Path, overrides: list[str] | None = None) -> tu
     if problems:
         raise RecipeError(str(recipe_path), problems, hint=fix_hint(recipe_path))
     check_teacher_classes(recipe, splits.labels)
-    preflight_distill(recipe, splits)  # unlabelled text, layer maps, widths, tokenizers
+    for stage in stages(recipe):  # e.g. distill: unlabelled text, layer maps, widths, tokenizers
+        stage.preflight(recipe, splits)
     return recipe, splits
 
 
@@ -226,8 +231,8 @@ def check_model_folders(recipe: Recipe) -> None:
 def setting_problems(recipe: Recipe) -> list[str]:
     """Recipe settings that are valid in general but not here: more latency threads than this process may
     use, quantizer op types it does not know, vocabulary pruning of a tokenizer that is not WordPiece."""
-    from edgekd.bench.harness import check_threads
-    from edgekd.stages.quantize import check_op_types
+    from edgekd.bench.inputs import check_threads
+    from edgekd.stages.quantize.ort import check_op_types
 
     problems: list[str] = []
     try:  # the benchmark stage's own rule, so what passes here passes there
@@ -250,7 +255,7 @@ def setting_problems(recipe: Recipe) -> list[str]:
 def student_tokenizer_type(recipe: Recipe) -> str | None:
     """The model type (WordPiece, BPE, Unigram) of the tokenizer the student will use, when a local
     tokenizer.json says so before training; None when it cannot be known yet (or is trained here: WordPiece)."""
-    from edgekd.recipe import TokenizerBuild
+    from edgekd.recipe.schema import TokenizerBuild
 
     student, teacher = recipe.student, recipe.teacher
     source: str | TokenizerBuild | None = student.tokenizer
@@ -299,6 +304,6 @@ def check_teacher_classes(recipe: Recipe, labels: list[str]) -> None:
 
 
 def _environment() -> dict[str, Any]:
-    from edgekd.envinfo import environment
+    from edgekd.bench.envinfo import environment
 
     return environment()

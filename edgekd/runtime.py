@@ -25,37 +25,38 @@ Behaviour worth knowing:
 * The graph's inputs may be int64 or int32; a thread count above 4 per core, or a text with a lone
   surrogate (an invalid UTF-8 byte in a command-line argument), is an InputError.
 
-The command line wraps this: `edgekd predict FOLDER "text" ... [--file texts.txt] [--json]` (edgekd.predict).
+The command line wraps this: `edgekd predict FOLDER "text" ... [--file texts.txt] [--json]` (edgekd.cli.predict).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from edgekd.artifact import (
+    CONFIG_FILE,
+    FEEDABLE_INPUTS,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    UNSET_MODEL_MAX_LENGTH,
+    feeds_from_encodings,
+    find_pad_token,
+    is_json_int,
+    read_json_object,
+    read_labels,
+    read_max_length,
+)
 from edgekd.errors import InputError, first_line
 
-MODEL_FILE = "model.onnx"
-TOKENIZER_FILE = "tokenizer.json"
-MANIFEST_FILE = "edgekd.json"
-CONFIG_FILE = "config.json"
-# The inputs a transformer text classifier's graph can declare and this runtime knows how to fill.
-FEEDABLE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-# Used only for folders without edgekd.json whose configs do not say either.
-DEFAULT_MAX_LENGTH = 512
-# transformers' "no limit" sentinel for model_max_length is ~1e30; anything this large means "not set".
-UNSET_MODEL_MAX_LENGTH = 1_000_000
-# Token ids are 32-bit in the tokenizers library; a vocabulary claimed beyond that is a damaged config.
-MAX_TOKEN_ID = 2**31
 # More intra-op threads than this per logical core only add context switches, and ONNX Runtime spends minutes
 # creating a pool of 100,000 threads before it gives up: such a request is refused instead.
 MAX_THREADS_PER_CORE = 4
@@ -84,7 +85,11 @@ class Prediction:
 
 
 class Classifier:
-    """An ONNX text classifier with its tokenizer; build it with `Classifier.load(folder)`."""
+    """An ONNX text classifier with its tokenizer; build it with `Classifier.load(folder)`.
+
+    This is the code a deployment runs, and also what the benchmark worker measures (edgekd.bench.worker): the
+    session options, the tokenization and the feeds of a signed-off latency are this class's own.
+    """
 
     def __init__(
         self,
@@ -93,16 +98,24 @@ class Classifier:
         labels: list[str],
         max_length: int,
         folder: Path,
+        *,
+        model_path: Path | None = None,
+        threads: int | None = None,
+        inter_threads: int = 1,
     ) -> None:
         self.session = session
         self.tokenizer = tokenizer
         self.labels = labels
         self.max_length = max_length
         self.folder = folder
+        self.model_path = model_path or folder / MODEL_FILE
+        self.threads = threads
+        self.inter_threads = inter_threads
         self.input_types = graph_input_types(session, folder)
         self.input_names = list(self.input_types)
         self.output_name = check_graph_output(session, len(labels), folder)
         self._truncation_reported = False
+        self._fixed_length_tokenizers: dict[int, Tokenizer] = {}
 
     @classmethod
     def load(
@@ -111,6 +124,7 @@ class Classifier:
         threads: int | None = None,
         inter_threads: int = 1,
         model_file: str = MODEL_FILE,
+        max_length: int | None = None,
     ) -> Classifier:
         """Load an exported folder (model.onnx, tokenizer.json, edgekd.json or config.json).
 
@@ -119,6 +133,8 @@ class Classifier:
             threads: Intra-op threads; None lets ONNX Runtime use one per physical core.
             inter_threads: Inter-op threads (only used by parallel execution; kept at 1 by default).
             model_file: The graph's file name in the folder (e.g. model_quantized.onnx from Optimum).
+            max_length: Truncation length in tokens; None reads the folder's (edgekd.json, else the tokenizer's
+                or the model's limit). The benchmark passes the length it measures at.
 
         Raises:
             InputError: a file is missing or unreadable, the folder names no labels, or the ONNX graph has
@@ -135,17 +151,52 @@ class Classifier:
         if threads is not None:
             check_thread_count(threads, "threads")
         check_thread_count(inter_threads, "inter_threads")
+        if max_length is not None:
+            check_token_count(max_length, "max_length")
         manifest = read_json_object(root / MANIFEST_FILE)
         config = read_json_object(root / CONFIG_FILE)
         labels = read_labels(root, manifest, config)
-        max_length = read_max_length(root, manifest, config)
+        if max_length is None:
+            max_length = read_max_length(root, manifest, config)
         tokenizer = load_tokenizer(root, max_length, config)
         check_vocab_size(root, tokenizer, config)
-        session = create_session(root / model_file, threads, inter_threads)
-        return cls(session, tokenizer, labels, max_length, root)
+        model_path = root / model_file
+        session = create_session(model_path, threads, inter_threads)
+        return cls(
+            session,
+            tokenizer,
+            labels,
+            max_length,
+            root,
+            model_path=model_path,
+            threads=threads,
+            inter_threads=inter_threads,
+        )
+
+    def with_threads(self, threads: int | None) -> Classifier:
+        """The same model, tokenizer and labels on a new ONNX Runtime session with `threads` intra-op threads.
+
+        A session's thread pool is fixed when it is created, so another thread count needs another session.
+
+        Raises:
+            InputError: `threads` is not a usable thread count.
+        """
+        if threads is not None:
+            check_thread_count(threads, "threads")
+        session = create_session(self.model_path, threads, self.inter_threads)
+        return type(self)(
+            session,
+            self.tokenizer,
+            self.labels,
+            self.max_length,
+            self.folder,
+            model_path=self.model_path,
+            threads=threads,
+            inter_threads=self.inter_threads,
+        )
 
     def encode(self, texts: str | Iterable[str]) -> dict[str, np.ndarray]:
-        """Tokenize texts into the int64 arrays the ONNX graph takes, padded to the longest text.
+        """Tokenize texts into the integer arrays the ONNX graph takes, padded to the longest text.
 
         Args:
             texts: One text or an iterable of texts.
@@ -154,6 +205,36 @@ class Classifier:
             A feed dict with exactly the inputs the graph declares.
         """
         return self._encode(_as_text_list(texts), caller_depth=1)
+
+    def encode_fixed_length(self, text: str, length: int) -> dict[str, np.ndarray]:
+        """One text as a batch-1 feed of exactly `length` tokens: truncated or padded to it (no warning).
+
+        For timing the model at a given sequence length; `predict` never pads beyond the longest text.
+
+        Raises:
+            InputError: `length` is not a whole number of at least 1, or the text is not valid Unicode.
+        """
+        check_token_count(length, "length")
+        [text] = _as_text_list(text)
+        tokenizer = self._fixed_length_tokenizers.get(length)
+        if tokenizer is None:
+            # A copy: the serving tokenizer keeps its own truncation and padding settings.
+            tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
+            padding = self.tokenizer.padding or {}
+            tokenizer.enable_truncation(max_length=length)
+            tokenizer.enable_padding(
+                pad_id=padding.get("pad_id", 0), pad_token=padding.get("pad_token", "[PAD]"), length=length
+            )
+            self._fixed_length_tokenizers[length] = tokenizer
+        return feeds_from_encodings([tokenizer.encode(text)], self.input_types)
+
+    def forward(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """Raw logits of a feed from `encode` or `encode_fixed_length`: the model call alone.
+
+        Raises:
+            InputError: ONNX Runtime failed on the feed, or returned logits of the wrong shape.
+        """
+        return self._run(feed)
 
     def predict_logits(self, texts: str | Iterable[str], batch_size: int = 32) -> np.ndarray:
         """Raw logits, shape (number of texts, number of classes), float32.
@@ -231,12 +312,7 @@ class Classifier:
                 TruncationWarning,
                 stacklevel=caller_depth + 2,
             )
-        fields = {
-            "input_ids": [encoding.ids for encoding in encodings],
-            "attention_mask": [encoding.attention_mask for encoding in encodings],
-            "token_type_ids": [encoding.type_ids for encoding in encodings],
-        }
-        return {name: np.asarray(fields[name], dtype=dtype) for name, dtype in self.input_types.items()}
+        return feeds_from_encodings(encodings, self.input_types)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -265,6 +341,19 @@ def create_session(onnx_path: Path, threads: int | None, inter_threads: int = 1)
             f"ONNX Runtime cannot load {onnx_path}: {message}",
             hint="the file is damaged or not an ONNX model: copy or export the folder again",
         ) from None
+
+
+def check_token_count(value: int, name: str) -> None:
+    """Refuse a token count that is not a whole number from 1 to the tokenizer's limit.
+
+    Raises:
+        InputError: naming `name`.
+    """
+    if not (is_json_int(value) and 0 < value < UNSET_MODEL_MAX_LENGTH):
+        raise InputError(
+            f"{name} must be a whole number of tokens from 1 to {UNSET_MODEL_MAX_LENGTH - 1:,}, got {value!r}",
+            hint="use a length such as 128 (what the model was exported with)",
+        )
 
 
 def check_thread_count(threads: int, name: str = "threads") -> None:
@@ -311,110 +400,12 @@ def check_vocab_size(folder: Path, tokenizer: Tokenizer, config: dict[str, Any] 
     """
     model_vocab = (config or {}).get("vocab_size")
     tokenizer_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
-    if _is_int(model_vocab) and 0 < model_vocab < tokenizer_vocab:
+    if is_json_int(model_vocab) and 0 < model_vocab < tokenizer_vocab:
         raise InputError(
             f"{folder / TOKENIZER_FILE} has {tokenizer_vocab} tokens but the model in {folder} embeds only "
             f"{model_vocab} (config.json vocab_size): the tokenizer does not belong to this model",
             hint="ship the tokenizer files the export stage wrote next to model.onnx",
         )
-
-
-def find_pad_token(folder: Path, tokenizer: Tokenizer, config: dict[str, Any]) -> tuple[int, str]:
-    """The padding token (id, text): tokenizer_config.json, then special_tokens_map.json, then config.json.
-
-    The id matters beyond the attention mask: RoBERTa-style models derive position ids from it.
-    """
-    for file_name in ("tokenizer_config.json", "special_tokens_map.json"):
-        token = (read_json_object(folder / file_name) or {}).get("pad_token")
-        if isinstance(token, dict):
-            token = token.get("content")
-        if isinstance(token, str):
-            token_id = tokenizer.token_to_id(token)
-            if token_id is not None:
-                return token_id, token
-    pad_id = config.get("pad_token_id")
-    if _is_int(pad_id) and pad_id >= 0:
-        tokenizer_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
-        # Some models embed more ids than their tokenizer has; an id beyond both cannot be fed.
-        model_vocab = config.get("vocab_size")
-        vocab = max(
-            tokenizer_vocab, model_vocab if _is_int(model_vocab) and model_vocab < MAX_TOKEN_ID else 0
-        )
-        if pad_id >= vocab:
-            raise InputError(
-                f"{folder / CONFIG_FILE} sets pad_token_id {pad_id}, but the model and its tokenizer have only "
-                f"{vocab} token ids",
-                hint="set pad_token_id to the id of the tokenizer's padding token (or pad_token in "
-                "tokenizer_config.json)",
-            )
-        return pad_id, (tokenizer.id_to_token(pad_id) if pad_id < tokenizer_vocab else None) or "[PAD]"
-    return 0, tokenizer.id_to_token(0) or "[PAD]"
-
-
-def read_labels(folder: Path, manifest: dict[str, Any] | None, config: dict[str, Any] | None) -> list[str]:
-    """Class names in id order: edgekd.json's `labels`, else config.json's `id2label`.
-
-    Raises:
-        InputError: neither file names the classes, or config.json's id2label is not keyed 0, 1, ... n-1.
-    """
-    labels = (manifest or {}).get("labels")
-    if isinstance(labels, list) and labels and all(isinstance(label, str) for label in labels):
-        return labels
-    id2label = (config or {}).get("id2label")
-    if isinstance(id2label, dict) and id2label:
-        return labels_from_id2label(folder, id2label)
-    raise InputError(
-        f"{folder} names no classes: edgekd.json has no 'labels' and config.json no usable 'id2label'",
-        hint="edgekd.json 'labels' must list the class names; config.json 'id2label' must map 0, 1, ... to names",
-    )
-
-
-def labels_from_id2label(folder: Path, id2label: dict[str, Any]) -> list[str]:
-    """config.json's id2label ({"0": "sports", ...}) as a list in id order.
-
-    Raises:
-        InputError: a key is not a whole number, or the ids are not 0, 1, ... n-1.
-    """
-    by_id: dict[int, str] = {}
-    for key, value in id2label.items():
-        try:
-            by_id[int(key)] = str(value)
-        except (TypeError, ValueError):
-            raise InputError(
-                f"{folder / CONFIG_FILE}: id2label key {key!r} is not a class id",
-                hint='id2label must map the class ids 0, 1, ... to names, e.g. {"0": "sports", "1": "tech"}',
-            ) from None
-    if sorted(by_id) != list(range(len(id2label))):
-        raise InputError(
-            f"{folder / CONFIG_FILE}: id2label has the ids {sorted(by_id)[:10]}, not 0 to {len(id2label) - 1}",
-            hint='id2label must map the class ids 0, 1, ... to names, e.g. {"0": "sports", "1": "tech"}',
-        )
-    return [by_id[i] for i in range(len(by_id))]
-
-
-def read_max_length(folder: Path, manifest: dict[str, Any] | None, config: dict[str, Any] | None) -> int:
-    """Truncation length: edgekd.json's max_length, else the tokenizer's or the model's limit, else 512.
-
-    Raises:
-        InputError: edgekd.json sets max_length to something other than a token count (a bool, a string,
-            0, or more than the tokenizer can represent).
-    """
-    value = (manifest or {}).get("max_length")
-    if value is not None:
-        if not (_is_int(value) and 0 < value < UNSET_MODEL_MAX_LENGTH):
-            raise InputError(
-                f"{folder / MANIFEST_FILE} sets max_length to {json.dumps(value)}, which is not a token count",
-                hint=f"set it to a whole number of tokens below {UNSET_MODEL_MAX_LENGTH:,}, e.g. 128 "
-                "(what the model was exported with)",
-            )
-        return int(value)
-    tokenizer_limit = (read_json_object(folder / "tokenizer_config.json") or {}).get("model_max_length")
-    if _is_number(tokenizer_limit) and 0 < tokenizer_limit < UNSET_MODEL_MAX_LENGTH:
-        return int(tokenizer_limit)
-    positions = (config or {}).get("max_position_embeddings")
-    if _is_int(positions) and positions > 0:
-        return min(positions, DEFAULT_MAX_LENGTH)
-    return DEFAULT_MAX_LENGTH
 
 
 def check_graph_inputs(session: ort.InferenceSession, folder: Path) -> list[str]:
@@ -520,35 +511,3 @@ def check_encodable(text: str, where: str) -> None:
             f"{text[exc.start]!a}, e.g. from bytes that are not UTF-8)",
             hint="pass UTF-8 text; for text in another encoding, convert it to UTF-8 first",
         ) from None
-
-
-def _is_int(value: object) -> TypeGuard[int]:
-    """A JSON integer: Python's bool is an int subclass, but `true` is not a count."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def read_json_object(path: Path) -> dict[str, Any] | None:
-    """A JSON object from `path`, None when the file does not exist.
-
-    Raises:
-        InputError: the file exists but is not a JSON object.
-    """
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        raise InputError(
-            f"cannot read {path}: {first_line(exc)}",
-            hint=f"{path.name} is damaged: copy the one the export stage wrote next to the model",
-        ) from None
-    if not isinstance(data, dict):
-        raise InputError(
-            f"{path} is not a JSON object (it holds a {type(data).__name__})",
-            hint=f"{path.name} must be a JSON object ({{...}}), as the export stage writes it",
-        )
-    return data

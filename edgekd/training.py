@@ -17,13 +17,10 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase, TrainingArguments
 
-# What `Trainer.train(resume_from_checkpoint=...)` reads (safetensors weights: save_safetensors=True).
-CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
-
 
 def cpu_flags() -> set[str]:
     """The CPU's instruction-set flags; empty where the OS does not list them (only Linux's /proc does)."""
-    from edgekd.envinfo import cpu_flag_names
+    from edgekd.bench.envinfo import cpu_flag_names
 
     return cpu_flag_names()
 
@@ -131,7 +128,7 @@ def save_model_then_drop_checkpoints(model: Any, tokenizer: Any, model_dir: Path
     hours of training: a run killed while the model is written (seconds for a 400 MB teacher) resumes from the
     last checkpoint instead of training again from the start.
     """
-    from edgekd.stage import sync_tree
+    from edgekd.stages.runner import sync_tree
 
     model.save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
@@ -142,45 +139,6 @@ def save_model_then_drop_checkpoints(model: Any, tokenizer: Any, model_dir: Path
 def remove_checkpoints(checkpoints: Path) -> None:
     """Delete a stage's Trainer checkpoints once its final model is safely on disk."""
     shutil.rmtree(checkpoints, ignore_errors=True)
-
-
-def last_checkpoint(folder: Path) -> str | None:
-    """The newest *complete* Trainer checkpoint in `folder`, if an interrupted run left one (to resume from it).
-
-    A run killed while the Trainer saved leaves a checkpoint folder with only some of its files, and
-    `transformers.trainer_utils.get_last_checkpoint` would pick it by number alone and fail to load it. Such
-    folders are deleted, so the Trainer's checkpoint rotation never counts them either.
-    """
-    if not folder.is_dir():
-        return None
-    newest = None
-    for _step, path in sorted(_numbered_checkpoints(folder)):
-        if is_complete_checkpoint(path):
-            newest = path
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-    return str(newest) if newest else None
-
-
-def is_complete_checkpoint(path: Path) -> bool:
-    """Whether every file a resume needs is there. The Trainer writes trainer_state.json last, so a readable
-    one means the weights, optimizer and scheduler before it were written in full."""
-    if not all((path / name).is_file() for name in CHECKPOINT_FILES):
-        return False
-    try:
-        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def _numbered_checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    found = []
-    for path in folder.glob("checkpoint-*"):
-        suffix = path.name.removeprefix("checkpoint-")
-        if path.is_dir() and suffix.isdigit():
-            found.append((int(suffix), path))
-    return found
 
 
 def check_finite_loss(loss: Any, step: int, what: str, hint: str) -> None:

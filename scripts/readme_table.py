@@ -6,9 +6,10 @@ python scripts/readme_table.py --check  # exit 1 when README.md and the reports 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+
+from edgekd.report.schema import Report, Variant
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -31,24 +32,49 @@ def render_table(reports: list[Path]) -> str:
         "|---|---|---|---|---|",
     ]
     for path in reports:
-        report = json.loads(path.read_text())
-        ref = report["variants"][0]
-        for v in report["variants"]:
-            speedup = ref["latency_ms"]["p50"] / v["latency_ms"]["p50"]
-            compression = ref["size_bytes"] / v["size_bytes"]
+        report = Report.model_validate_json(path.read_text())
+        ref = report.variants[0]
+        for v in report.variants:
+            p50, p90, size, accuracy = _p50(v), _needed(v, "latency_ms.p90"), _size(v), _accuracy(v)
             lines.append(
-                f"| {path.parent.name} | {v['name']} | {v['format']} | {100 * v['accuracy']:.2f}% "
-                f"| {v['size_bytes'] / 1e6:.1f} | {v['latency_ms']['p50']:.2f} | {v['latency_ms']['p90']:.2f} "
-                f"| {speedup:.1f}x | {compression:.1f}x |"
+                f"| {path.parent.name} | {v.name} | {v.format} | {100 * accuracy:.2f}% "
+                f"| {size / 1e6:.1f} | {p50:.2f} | {p90:.2f} "
+                f"| {_p50(ref) / p50:.1f}x | {_size(ref) / size:.1f}x |"
             )
-            if v.get("out_of_scope_recall") is not None:
+            if v.out_of_scope_recall is not None:
                 oos_lines.append(
-                    f"| {path.parent.name} | {v['name']} | {100 * v['accuracy']:.2f}% "
-                    f"| {100 * v['in_scope_accuracy']:.2f}% | {100 * v['out_of_scope_recall']:.2f}% |"
+                    f"| {path.parent.name} | {v.name} | {100 * accuracy:.2f}% "
+                    f"| {100 * _needed(v, 'in_scope_accuracy'):.2f}% | {100 * v.out_of_scope_recall:.2f}% |"
                 )
     if len(oos_lines) > 2:
         lines += ["", *oos_lines]
     return "\n".join(lines)
+
+
+def _needed(v: Variant, what: str) -> float:
+    """A number the table shows; a committed report without it is an error, not a blank cell."""
+    value = {
+        "latency_ms.p50": v.latency_ms.p50 if v.latency_ms else None,
+        "latency_ms.p90": v.latency_ms.p90 if v.latency_ms else None,
+        "size_bytes": v.size_bytes,
+        "accuracy": v.accuracy,
+        "in_scope_accuracy": v.in_scope_accuracy,
+    }[what]
+    if value is None:
+        raise ValueError(f"the variant {v.name} has no {what}")
+    return float(value)
+
+
+def _p50(v: Variant) -> float:
+    return _needed(v, "latency_ms.p50")
+
+
+def _size(v: Variant) -> float:
+    return _needed(v, "size_bytes")
+
+
+def _accuracy(v: Variant) -> float:
+    return _needed(v, "accuracy")
 
 
 def updated_readme(readme: str, table: str) -> str:

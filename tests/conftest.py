@@ -48,7 +48,7 @@ def toy_labels() -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_tokenizer(toy_texts):
     from edgekd.models import build_tokenizer
-    from edgekd.recipe import TokenizerBuild
+    from edgekd.recipe.schema import TokenizerBuild
 
     return build_tokenizer(TokenizerBuild(vocab_size=200), toy_texts)
 

@@ -27,6 +27,16 @@ STUDENT_KEYS = {
     "smoke.yaml": "c5b63aff807844c5",
 }
 
+# Every stage key of the smoke recipe's chain (paths under the checkout written relative to it, so the values hold in
+# any checkout), taken before the package was re-laid out into stages/, recipe/, report/, cli/ (issue 15).
+SMOKE_CHAIN_KEYS = {
+    "teacher": "4868f63856edc70d",
+    "distill": "835aabaee2bee577",
+    "export": "7ba20ef92bffa92a",
+    "quantize": "16d03eb1a33d4f0e",
+    "benchmark": "9fd2735fd32a58e1",
+}
+
 # Recipes changed since their keys were pinned: ag_news moved from one unpruned layer and 3 epochs to a pruned
 # two-layer student trained for 5 epochs (issue 17).
 EARLIER = {

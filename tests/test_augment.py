@@ -14,10 +14,16 @@ import numpy as np
 import pytest
 from recipe_history import DISTILL_KEYS, earlier
 
-from edgekd.augment import METHODS, augment_texts, embedding_neighbours, normalised, whole_words
-from edgekd.recipe import load_recipe
-from edgekd.stage import stable_hash
-from edgekd.stages.distill import DistillStage
+from edgekd.recipe.load import load_recipe
+from edgekd.stages.distill.augment import (
+    METHODS,
+    augment_texts,
+    embedding_neighbours,
+    normalised,
+    whole_words,
+)
+from edgekd.stages.distill.stage import DistillStage
+from edgekd.stages.runner import stable_hash
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "recipes" / "smoke.yaml"
@@ -61,7 +67,7 @@ def test_each_method_gives_the_same_texts_for_a_seed_and_others_for_another(meth
 
 def test_output_does_not_depend_on_python_hash_randomisation() -> None:
     script = (
-        "import json; from edgekd.augment import augment_texts; "
+        "import json; from edgekd.stages.distill.augment import augment_texts; "
         f"print(json.dumps(augment_texts({TEXTS!r}, ['mask', 'delete', 'neighbours'], 3, 5, '<mask>', "
         f"{TABLE!r}).texts))"
     )
@@ -182,7 +188,7 @@ def test_augment_recipe_errors_name_the_field() -> None:
 def test_augmented_rows_carry_the_teacher_logits_and_no_hard_label(tiny_classifier_dir: Path) -> None:
     from edgekd.data import load_splits
     from edgekd.models import load_tokenizer
-    from edgekd.stages.distill import distill_data
+    from edgekd.stages.distill.stage import distill_data
 
     recipe = load_recipe(SMOKE)  # the toy data
     splits = load_splits(recipe.data, recipe.seed)
@@ -203,10 +209,11 @@ def test_augmented_rows_carry_the_teacher_logits_and_no_hard_label(tiny_classifi
     assert -100 not in data.train.select(range(n_train))["label"]
 
 
+@pytest.mark.e2e
 def test_compress_with_augmentation_records_what_it_made(tmp_path: Path) -> None:
     """The smoke recipe end to end through the CLI: the teacher labels the new rows (cached like any split)
     and distill/stage.json counts them per method and per teacher label."""
-    from edgekd.labelling import torch_teacher_logits
+    from edgekd.stages.distill.labelling import torch_teacher_logits
 
     run_dir = tmp_path / "run"
     result = subprocess.run(

@@ -13,22 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from edgekd.bench.harness import (
-    THROUGHPUT_ROUNDS,
-    HarnessSettings,
-    ModelSpec,
-    lengths_for,
-    measure_models,
-    round_order,
-    round_slices,
-)
+from edgekd.artifact import folder_size, model_files, param_count, param_count_onnx, param_count_safetensors
+from edgekd.bench.measure import THROUGHPUT_ROUNDS, lengths_for, measure_models, round_order, round_slices
+from edgekd.bench.spec import HarnessSettings, ModelSpec
 from edgekd.bench.worker import WorkerProcess
 from edgekd.errors import InputError, StageError
-from edgekd.recipe import GatesSpec, Recipe
-from edgekd.report import GATES_BY_NAME, evaluate_gates, summary_rows, write_report_md
-from edgekd.size import folder_size, model_files, param_count, param_count_onnx, param_count_safetensors
-from edgekd.stage import read_stage_json, run_stage
+from edgekd.recipe.schema import GatesSpec, Recipe
+from edgekd.report.gates import GATES_BY_NAME, evaluate_gates
+from edgekd.report.markdown import summary_rows, write_report_md
 from edgekd.stages.benchmark import BenchmarkStage, check_threads, latency_sample_indices
+from edgekd.stages.runner import read_stage_json, run_stage
 
 MAX_LENGTH = 32
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
@@ -124,6 +118,39 @@ def test_onnx_tokenization_matches_the_hugging_face_tokenizer(onnx_dir, test_tex
     single = backend.encode(["a much longer text that certainly needs truncation to eight tokens"])
     assert single["input_ids"].shape == (1, 8)
     assert backend.encode_fixed("short", 12)["input_ids"].shape == (1, 12)  # padded up to the exact length
+
+
+def test_onnx_backend_is_the_runtime_classifier_and_predicts_its_labels(int8_dir, test_texts, toy_labels):
+    """The latency the benchmark signs is that of the code users deploy: edgekd.runtime.Classifier."""
+    from edgekd.bench.worker import OnnxBackend, predict_all
+    from edgekd.runtime import Classifier
+
+    backend = OnnxBackend(int8_dir, threads=1, max_length=MAX_LENGTH)
+    assert isinstance(backend.classifier, Classifier)
+    deployed = Classifier.load(int8_dir, threads=1)
+    assert backend.classifier.max_length == deployed.max_length == MAX_LENGTH
+    assert backend.labels == deployed.labels == toy_labels
+    for name in (
+        "intra_op_num_threads",
+        "inter_op_num_threads",
+        "execution_mode",
+        "graph_optimization_level",
+    ):
+        assert getattr(backend.classifier.session.get_session_options(), name) == getattr(
+            deployed.session.get_session_options(), name
+        ), name
+    expected = [p.label for p in deployed.predict(test_texts, batch_size=16)]
+    assert [toy_labels[i] for i in predict_all(backend, test_texts, batch_size=16)] == expected
+    batch = test_texts[:4]
+    for name, array in backend.encode(batch).items():
+        assert array.tolist() == deployed.encode(batch)[name].tolist(), name
+    backend.set_threads(2)
+    assert isinstance(backend.classifier, Classifier) and backend.effective_threads() == 2
+    assert [toy_labels[i] for i in predict_all(backend, test_texts, batch_size=16)] == expected
+    with WorkerProcess("int8", int8_dir, "onnx", threads=1, max_length=MAX_LENGTH) as worker:
+        assert worker.wait_ready()["labels"] == toy_labels
+        predicted = worker.request({"cmd": "predict", "texts": test_texts, "batch_size": 16})["predictions"]
+    assert [toy_labels[i] for i in predicted] == expected
 
 
 def test_worker_that_cannot_load_reports_its_error(tmp_path):
@@ -280,6 +307,7 @@ def _log_history(tag: str) -> list[dict]:
     return entries
 
 
+@pytest.mark.slow
 def test_benchmark_stage_report_follows_the_contract(benchmarked_run, test_texts):
     report = json.loads((benchmarked_run / "report" / "report.json").read_text())
     assert isinstance(report["recipe"], str) and report["recipe"] == "bench-test"
@@ -308,6 +336,75 @@ def test_benchmark_stage_report_follows_the_contract(benchmarked_run, test_texts
     assert report["benchmark"]["test_texts"] == len(test_texts)
 
 
+# The keys report.json had before it was written through edgekd.report.schema.Report: consumers and the
+# committed reports depend on them, so the typed writer must give back every one (and add only schema_version).
+KEYS_BEFORE_THE_SCHEMA = {
+    "report": {
+        "recipe",
+        "edgekd_version",
+        "created_utc",
+        "environment",
+        "benchmark",
+        "reference",
+        "candidate",
+    }
+    | {"variants", "gates", "passed", "warnings"},
+    "environment": {"cpu", "memory_total_mb", "versions", "python", "python_implementation", "platform"}
+    | {"machine", "load_average", "thread_env", "other_processes_cores", "load_average_after", "threads"},
+    "cpu": {"model", "logical_cores", "physical_cores", "usable_cores", "cgroup_cpu_quota", "flags"},
+    "threads": {"latency_threads", "accuracy_threads", "throughput_threads", "effective_threads"}
+    | {"inter_op_threads", "onnxruntime", "worker_env"},
+    "benchmark": {"threads", "latency_samples", "warmup", "batch_size", "seed", "max_length", "test_texts"}
+    | {"interleaved_rounds", "round_size", "seq_lengths", "seq_samples", "throughput_batch_sizes"}
+    | {"latency_definition"},
+    "variant": {"name", "format", "accuracy", "macro_f1", "per_class", "size_bytes", "size_mb", "params"}
+    | {"latency_ms", "latency_box_ms", "latency_e2e_ms", "tokenize_ms", "latency_by_length_ms"}
+    | {"throughput_texts_per_s", "throughput_threads", "throughput_per_s", "accuracy_pass_threads"}
+    | {"peak_rss_mb", "peak_rss_accuracy_pass_mb", "peak_rss_throughput_mb", "rss_after_load_mb", "load_s"}
+    | {"threads", "effective_threads", "max_positions", "torch_imported", "raw", "folder"}
+    | {"agreement_with_reference", "accuracy_diff_vs_reference_pts", "speedup_p50", "speedup_e2e_p50"}
+    | {"compression", "params_ratio"},
+    "latency_ms": {"p50", "p90", "p99", "mean", "n", "p50_ci95"},
+    "gate": {
+        "name",
+        "limit",
+        "value",
+        "passed",
+        "comparison",
+        "unit",
+        "candidate",
+        "reference",
+        "description",
+    },
+}
+
+
+@pytest.mark.slow
+def test_the_typed_report_keeps_every_key_and_declares_every_one_it_writes(benchmarked_run):
+    from edgekd.report.schema import SCHEMA_VERSION, Report, undeclared_keys
+
+    report = json.loads((benchmarked_run / "report" / "report.json").read_text())
+    assert report["schema_version"] == SCHEMA_VERSION
+    env = report["environment"]
+    written = {
+        "report": set(report) - {"schema_version"},
+        "environment": set(env),
+        "cpu": set(env["cpu"]),
+        "threads": set(env["threads"]),
+        "benchmark": set(report["benchmark"]),
+        "latency_ms": set(report["variants"][0]["latency_ms"]),
+        "gate": set(report["gates"][0]),
+    }
+    assert written == {key: keys for key, keys in KEYS_BEFORE_THE_SCHEMA.items() if key != "variant"}
+    for v in report["variants"]:
+        assert set(v) == KEYS_BEFORE_THE_SCHEMA["variant"], v["name"]
+    # The writer produces declared fields only, at every depth; reading the file back keeps every value.
+    typed = Report.model_validate(report)
+    assert undeclared_keys(typed) == []
+    assert typed.to_json() == report
+
+
+@pytest.mark.slow
 def test_benchmark_stage_adds_lengths_throughput_and_environment(benchmarked_run):
     report = json.loads((benchmarked_run / "report" / "report.json").read_text())
     env = report["environment"]
@@ -332,6 +429,7 @@ def test_benchmark_stage_adds_lengths_throughput_and_environment(benchmarked_run
     assert "## Latency by sequence length" in text and "## Throughput" in text and "after:" in text
 
 
+@pytest.mark.slow
 def test_benchmark_stage_writes_report_html_with_every_chart(benchmarked_run):
     page = (benchmarked_run / "report" / "report.html").read_text()
     for chart in ("chart-pareto", "chart-size", "chart-latency-dist", "chart-seq-latency"):
@@ -342,6 +440,7 @@ def test_benchmark_stage_writes_report_html_with_every_chart(benchmarked_run):
     assert "<script" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
 
 
+@pytest.mark.slow
 def test_benchmark_stage_compares_with_the_teacher(benchmarked_run):
     report = json.loads((benchmarked_run / "report" / "report.json").read_text())
     teacher, student, int8 = report["variants"]
@@ -355,6 +454,7 @@ def test_benchmark_stage_compares_with_the_teacher(benchmarked_run):
     assert int8["peak_rss_mb"] < 0.6 * teacher["peak_rss_mb"]
 
 
+@pytest.mark.slow
 def test_benchmark_stage_reports_a_failed_gate_without_raising(benchmarked_run):
     report = json.loads((benchmarked_run / "report" / "report.json").read_text())
     gates = {g["name"]: g for g in report["gates"]}
@@ -374,6 +474,7 @@ def test_benchmark_stage_reports_a_failed_gate_without_raising(benchmarked_run):
     assert stage["metrics"]["report"] == "report.json"
 
 
+@pytest.mark.slow
 def test_benchmark_stage_writes_a_readable_sign_off_page(benchmarked_run):
     text = (benchmarked_run / "report" / "report.md").read_text()
     assert "Verdict: FAIL" in text
@@ -427,7 +528,7 @@ def test_gates_pass_and_fail_on_hand_made_variants():
             max_accuracy_drop_pts=2.0, max_latency_p90_ms=5.0, min_speedup_p50=3.0, min_compression=20.0
         ),
     )
-    by_name = {g["name"]: g for g in gates}
+    by_name = {g.name: g for g in gates}
     assert list(by_name) == [
         "max_accuracy_drop_pts",
         "max_latency_p90_ms",
@@ -435,26 +536,26 @@ def test_gates_pass_and_fail_on_hand_made_variants():
         "min_compression",
     ]
     # A drop of exactly the limit passes, although 0.90 - 0.88 is not exactly 0.02 in floating point.
-    assert by_name["max_accuracy_drop_pts"]["value"] == pytest.approx(2.0)
-    assert by_name["max_accuracy_drop_pts"]["passed"] is True
-    assert by_name["max_latency_p90_ms"] == pytest.approx({**by_name["max_latency_p90_ms"], "value": 6.0})
-    assert by_name["max_latency_p90_ms"]["passed"] is False
-    assert by_name["min_speedup_p50"]["value"] == pytest.approx(5.0) and by_name["min_speedup_p50"]["passed"]
-    assert by_name["min_compression"]["value"] == pytest.approx(16.0)
-    assert by_name["min_compression"]["passed"] is False
+    assert by_name["max_accuracy_drop_pts"].value == pytest.approx(2.0)
+    assert by_name["max_accuracy_drop_pts"].passed is True
+    assert by_name["max_latency_p90_ms"].value == pytest.approx(6.0)
+    assert by_name["max_latency_p90_ms"].passed is False
+    assert by_name["min_speedup_p50"].value == pytest.approx(5.0) and by_name["min_speedup_p50"].passed
+    assert by_name["min_compression"].value == pytest.approx(16.0)
+    assert by_name["min_compression"].passed is False
 
 
 def test_gates_size_and_accuracy_limits():
     gates = evaluate_gates(HAND_MADE, {"max_size_mb": 25.0, "min_accuracy": 0.9})
-    assert [(g["name"], g["passed"]) for g in gates] == [("max_size_mb", True), ("min_accuracy", False)]
-    assert gates[0]["comparison"] == "<=" and gates[1]["comparison"] == ">="
+    assert [(g.name, g.passed) for g in gates] == [("max_size_mb", True), ("min_accuracy", False)]
+    assert gates[0].comparison == "<=" and gates[1].comparison == ">="
 
 
 def test_every_recipe_gate_has_a_rule_and_is_evaluated():
     numeric = [name for name in GatesSpec.model_fields if name != "beat_optimum_baseline"]
     assert set(numeric) == set(GATES_BY_NAME)
     every = GatesSpec(**{name: 1.0 for name in numeric})
-    assert [g["name"] for g in evaluate_gates(HAND_MADE, every)] == numeric
+    assert [g.name for g in evaluate_gates(HAND_MADE, every)] == numeric
 
 
 def test_no_gates_set_means_nothing_checked():
@@ -529,7 +630,7 @@ def test_param_counts_without_loading_models(tiny_classifier_dir, onnx_dir, int8
 
 def test_environment_is_torch_free_and_complete():
     code = (
-        "import json, sys; from edgekd.envinfo import environment; env = environment(); "
+        "import json, sys; from edgekd.bench.envinfo import environment; env = environment(); "
         "print(json.dumps({'torch': 'torch' in sys.modules, 'env': env}))"
     )
     done = subprocess.run(
@@ -585,6 +686,7 @@ def cli_runs(tmp_path_factory, tiny_classifier_dir, onnx_dir, int8_dir, toy_data
     return root, failing, passing
 
 
+@pytest.mark.slow
 def test_benchmark_command_exits_3_on_a_failed_gate_and_writes_the_reports(cli_runs):
     root, failing, _ = cli_runs
     assert failing.returncode == 3, failing.stderr[-3000:]
@@ -610,6 +712,7 @@ def test_benchmark_command_exits_3_on_a_failed_gate_and_writes_the_reports(cli_r
     }
 
 
+@pytest.mark.slow
 def test_benchmark_command_exits_0_when_every_gate_passes(cli_runs):
     root, _, passing = cli_runs
     assert passing.returncode == 0, passing.stderr[-3000:]
@@ -620,6 +723,7 @@ def test_benchmark_command_exits_0_when_every_gate_passes(cli_runs):
     assert all(v["torch_imported"] is False for v in report["variants"])
 
 
+@pytest.mark.slow
 def test_compare_command_prints_per_variant_and_environment_differences(cli_runs):
     root, _, _ = cli_runs
     result = edgekd_cli("compare", str(root / "fail"), str(root / "pass" / "report.json"))
@@ -680,7 +784,7 @@ def test_benchmark_command_rejects_bad_input_with_exit_2(case, message, tmp_path
 def test_out_of_scope_scores_split_accuracy_and_recall():
     import numpy as np
 
-    from edgekd.bench.harness import check_out_of_scope_label, out_of_scope_scores
+    from edgekd.bench.records import check_out_of_scope_label, out_of_scope_scores
     from edgekd.errors import DataError
 
     # class 2 is "out of scope": 3 in-scope rows (2 right), 2 out-of-scope rows (1 caught)
@@ -710,19 +814,17 @@ def test_report_md_has_an_out_of_scope_section_only_when_measured(tmp_path):
     assert "## Out of scope" in text and "0.6250" in text
 
 
-def test_stage_times_come_from_each_upstream_stage_json_in_chain_order(tmp_path, toy_data):
+def test_stage_times_come_from_each_upstream_stage_record_in_chain_order():
     from edgekd.stages.benchmark import upstream_stage_times
 
-    recipe = _recipe(toy_data)
-    for stage, seconds in (("quantize", 3.0), ("teacher", 10.5), ("export", 1.25)):
-        (tmp_path / stage).mkdir()
-        (tmp_path / stage / "stage.json").write_text(json.dumps({"wall_time_s": seconds}))
-    # the teacher was resumed: 60 s of its work came from the invocation that was interrupted
-    (tmp_path / "teacher" / "stage.json").write_text(
-        json.dumps({"wall_time_s": 10.5, "carried_over_s": 60.0})
-    )
-    # distill never finished: it has no stage.json and is left out
-    assert upstream_stage_times(tmp_path, recipe) == [
+    upstream = {
+        # the teacher was resumed: 60 s of its work came from the invocation that was interrupted
+        "teacher": {"wall_time_s": 10.5, "carried_over_s": 60.0},
+        "distill": {"metrics": {}},  # a record without a time (hand-edited) is left out
+        "export": {"wall_time_s": 1.25},
+        "quantize": {"wall_time_s": 3.0},
+    }
+    assert upstream_stage_times(upstream) == [
         {"stage": "teacher", "wall_time_s": 70.5, "carried_over_s": 60.0},
         {"stage": "export", "wall_time_s": 1.25},
         {"stage": "quantize", "wall_time_s": 3.0},

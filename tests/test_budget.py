@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-import edgekd.budget as budget
+import edgekd.stages.distill.budget as budget
 from edgekd.errors import RecipeError
 from edgekd.pipeline import compress
-from edgekd.recipe import load_recipe
-from edgekd.stage import stable_hash
+from edgekd.recipe.load import load_recipe
 from edgekd.stages.benchmark import CANDIDATE
-from edgekd.stages.distill import DistillStage
+from edgekd.stages.distill.stage import DistillStage
+from edgekd.stages.runner import stable_hash
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "recipes" / "smoke.yaml"
@@ -91,6 +91,7 @@ def test_real_measurements_time_the_teacher_and_each_pruned_candidate(
     assert any("student budget: layers [1], FFN kept 0.5, heads kept 0.5" in line for line in logged)
 
 
+@pytest.mark.e2e
 def test_compress_distils_the_chosen_shape_and_reports_predicted_against_measured(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -131,7 +132,7 @@ def test_a_resumed_distill_keeps_the_shape_chosen_before(
     again (the machine may now choose another shape than the checkpoints have)."""
     from types import SimpleNamespace
 
-    from edgekd.stages.distill import student_within_budget
+    from edgekd.stages.distill.stage import student_within_budget
 
     def must_not_measure(*args: Any) -> None:
         raise AssertionError("the budget was measured again on resume")

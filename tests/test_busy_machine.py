@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 
-from edgekd.bench.harness import busy_after_warnings, setup_warnings
-from edgekd.envinfo import CpuSnapshot, cpu_snapshot, other_processes_cores
+from edgekd.bench.envinfo import CpuSnapshot, cpu_snapshot, other_processes_cores
+from edgekd.bench.inputs import busy_after_warnings, setup_warnings
 
 
 def proc_stat(busy_ticks: int, idle_ticks: int) -> str:
@@ -44,15 +47,52 @@ def test_own_cpu_time_is_not_counted_as_other_processes():
     assert other_processes_cores(before, after_alone) == 0.0
 
 
-def test_real_snapshots_see_this_process_spinning_as_its_own():
+# Spins until its own CPU time reaches argv[1] seconds, reports it, then sleeps on stdin: while it has not been
+# waited for, its CPU time belongs to "other processes", not to the parent's os.times().
+SPIN_CHILD = """
+import sys, time
+while time.process_time() < float(sys.argv[1]):
+    pass
+print(time.process_time(), flush=True)
+sys.stdin.read()
+"""
+
+
+def spin(cpu_seconds: float) -> float:
+    """Burn `cpu_seconds` of this process's CPU time; returns the CPU time actually used."""
+    start = time.process_time()
+    total = 0
+    while time.process_time() - start < cpu_seconds:
+        total += sum(range(1000))
+    return time.process_time() - start
+
+
+def test_real_snapshots_count_a_spinning_child_as_other_processes_and_our_own_spin_as_ours():
+    # Bounds, not values: they hold whatever else the machine runs, since other processes only add to
+    # `others` (the child's lower bound) and every core-second, ours included, fits in the wall time.
     before = cpu_snapshot()
     if before is None:
         pytest.skip("no /proc/stat")
-    total = 0
-    while (after := cpu_snapshot()) is not None and after.total_s - before.total_s < 0.5 * after.cores:
-        total += sum(range(1000))
+    child = subprocess.Popen(
+        [sys.executable, "-c", SPIN_CHILD, "1.0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        own_cpu_s = spin(0.5)
+        assert child.stdout is not None
+        child_cpu_s = float(child.stdout.readline())
+        after = cpu_snapshot()
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    assert after is not None
+    wall_s = (after.total_s - before.total_s) / after.cores
     others = other_processes_cores(before, after)
-    assert others is not None and 0.0 <= others <= after.cores
+    assert others is not None
+    # The child's second is somebody else's: lost if unwaited children counted as ours or the time units slip.
+    assert others * wall_s >= 0.75 * child_cpu_s
+    # Our own spin is not: on a busy machine, counting it would push the others past the cores left over, by
+    # own_cpu_s / wall_s (0.2 cores on this 2-core one). The 0.05 covers os.times()' whole clock ticks.
+    assert others <= after.cores - own_cpu_s / wall_s + 0.05
 
 
 def env_with(at_start=None, during=None, load=(1.9, 1.9, 1.9), load_after=(1.9, 1.9, 1.9)):

@@ -42,6 +42,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproces
     return run_dir, edgekd("compress", str(SMOKE), "--output-dir", str(run_dir))
 
 
+@pytest.mark.e2e
 def test_smoke_recipe_exits_0_and_prints_the_summary(smoke_run) -> None:
     _, result = smoke_run
     assert result.returncode == 0, result.stderr[-3000:]
@@ -49,6 +50,7 @@ def test_smoke_recipe_exits_0_and_prints_the_summary(smoke_run) -> None:
     assert "speed-up" in result.stdout
 
 
+@pytest.mark.e2e
 def test_report_json_follows_the_contract(smoke_run) -> None:
     run_dir, _ = smoke_run
     report = json.loads((run_dir / "report" / "report.json").read_text())
@@ -69,6 +71,7 @@ def test_report_json_follows_the_contract(smoke_run) -> None:
     assert (run_dir / "report" / "report.md").is_file()
 
 
+@pytest.mark.e2e
 def test_each_stage_writes_exactly_its_files(smoke_run) -> None:
     run_dir, _ = smoke_run
     for stage, expected in EXPECTED_FILES.items():
@@ -81,6 +84,7 @@ def test_each_stage_writes_exactly_its_files(smoke_run) -> None:
     assert not list(run_dir.glob(".*.partial")), "a partial stage folder was left behind"
 
 
+@pytest.mark.e2e
 def test_rerun_skips_finished_stages_and_a_gate_change_reruns_only_the_benchmark(smoke_run) -> None:
     run_dir, _ = smoke_run
     before = {s: json.loads((run_dir / s / "stage.json").read_text())["key"] for s in EXPECTED_FILES}

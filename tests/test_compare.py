@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from edgekd.compare import compare_reports, environment_changes, print_comparison, resolve_report
 from edgekd.errors import InputError
+from edgekd.report.compare import compare_reports, environment_changes, print_comparison, resolve_report
 
 
 def _report(p50: float, onnxruntime: str, threads: int, flags: dict[str, bool]) -> dict:
@@ -82,3 +82,11 @@ def test_print_comparison_renders_both_tables(two_runs):
 def test_missing_report_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match=r"no report\.json"):
         resolve_report(tmp_path)
+
+
+def test_a_value_of_the_wrong_type_is_an_input_error_naming_it(tmp_path):
+    report = _report(4.0, "1.30.0", 1, {})
+    report["variants"][1]["latency_ms"] = "fast"
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    with pytest.raises(InputError, match=r"variants\.1\.latency_ms"):
+        compare_reports(tmp_path, tmp_path)

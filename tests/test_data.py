@@ -10,7 +10,7 @@ import pytest
 
 from edgekd.data import load_splits
 from edgekd.errors import DataError
-from edgekd.recipe import DataSpec
+from edgekd.recipe.schema import DataSpec
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -17,9 +17,10 @@ import pytest
 
 from edgekd.data import load_splits
 from edgekd.errors import DataError, InputError, RecipeError
-from edgekd.recipe import Recipe, load_recipe
-from edgekd.stage import run_stage
-from edgekd.stages.distill import DistillStage, preflight
+from edgekd.recipe.load import load_recipe
+from edgekd.recipe.schema import Recipe
+from edgekd.stages.distill.stage import DistillStage, preflight
+from edgekd.stages.runner import run_stage
 from edgekd.stages.teacher import TeacherStage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,6 +76,7 @@ def student_logits(model_dir: Path, texts: list[str]):
 # Reproducibility
 
 
+@pytest.mark.slow
 def test_same_recipe_and_seed_give_the_same_student_to_the_example(tmp_path: Path) -> None:
     """The smoke distill run twice (separate run folders, separate caches) predicts identically."""
     import torch
@@ -210,7 +212,7 @@ def test_attention_transfer_refuses_a_student_that_tokenizes_differently(
 
 def test_same_tokens_with_other_ids_are_accepted() -> None:
     """MPNet-style vocabularies: the same token strings at other ids (and <s> for [CLS]) are compatible."""
-    from edgekd.intermediate import teacher_ids_for_student_tokens
+    from edgekd.stages.distill.intermediate import teacher_ids_for_student_tokens
 
     class Offset:
         """A tokenizer whose ids are the wrapped one's + 1 and whose specials are spelled differently."""
@@ -228,7 +230,7 @@ def test_same_tokens_with_other_ids_are_accepted() -> None:
             return [{"[CLS]": "<s>", "[SEP]": "</s>"}.get(t, t) for t in tokens]
 
     from edgekd.models import build_tokenizer
-    from edgekd.recipe import TokenizerBuild
+    from edgekd.recipe.schema import TokenizerBuild
 
     texts = ["markets rallied today", "the striker scored twice"]
     tok = build_tokenizer(TokenizerBuild(vocab_size=100), texts * 3)
@@ -282,6 +284,7 @@ def test_cli_refuses_an_empty_unlabelled_file_with_exit_2_and_writes_nothing(tmp
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_distill_throughput_benchmark_runs_and_writes_its_result(tmp_path):
     out = tmp_path / "throughput.json"
     script = REPO / "benchmarks" / "distill_throughput.py"

@@ -11,16 +11,13 @@ import numpy as np
 import pytest
 
 from edgekd.errors import InputError, ParityError
-from edgekd.recipe import QuantizeSpec, Recipe, load_recipe
-from edgekd.stage import StageContext, StageResult
+from edgekd.recipe.load import load_recipe
+from edgekd.recipe.schema import QuantizeSpec, Recipe
 from edgekd.stages import export as export_module
+from edgekd.stages.base import StageContext, StageResult
 from edgekd.stages.export import ExportStage, check_parity, compare_logits
-from edgekd.stages.quantize import (
-    QuantizeStage,
-    count_quantized_matmuls,
-    count_weight_matmuls,
-    resolve_weight_type,
-)
+from edgekd.stages.quantize.ort import resolve_weight_type
+from edgekd.stages.quantize.stage import QuantizeStage, count_quantized_matmuls, count_weight_matmuls
 
 REPO = Path(__file__).resolve().parent.parent
 PARITY_SAMPLES = 24

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from edgekd import assets
-from edgekd.cli import main
+from edgekd.cli.app import main
 from edgekd.errors import InputError
-from edgekd.recipe import load_recipe
+from edgekd.recipe.load import load_recipe
 
 TINY_TEACHER = {
     "config": {

@@ -9,11 +9,12 @@ import pytest
 
 pytest.importorskip("neural_compressor")
 
-from edgekd.inc_quant import autotune_pytorch_int8
+from edgekd.stages.quantize.inc import autotune_pytorch_int8
 
 TOY = Path(__file__).resolve().parent.parent / "recipes" / "data" / "toy_topics"
 
 
+@pytest.mark.slow
 def test_autotune_quantizes_within_the_tolerable_loss_and_saves_a_loadable_model(
     tiny_classifier_dir, tmp_path
 ):

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from edgekd.cli import main
+from edgekd.cli.app import main
+from edgekd.cli.scaffold import choose_max_length, init_recipe, inspect_data, words_percentile
 from edgekd.data import load_splits
 from edgekd.errors import DataError, InputError
-from edgekd.recipe import DataSpec, load_recipe
-from edgekd.scaffold import choose_max_length, init_recipe, inspect_data, words_percentile
+from edgekd.recipe.load import load_recipe
+from edgekd.recipe.schema import DataSpec
 
 REPO = Path(__file__).resolve().parent.parent
 TOY = REPO / "recipes" / "data" / "toy_topics"

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from edgekd.pipeline import compress
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,6 +39,7 @@ def ablation(run_dir: Path, out: Path, *variants: list[str]) -> subprocess.Compl
     )
 
 
+@pytest.mark.e2e
 def test_variants_reuse_the_teacher_and_merge_into_one_file(tmp_path: Path) -> None:
     run_dir, out = tmp_path / "run", tmp_path / "kd_ablation.json"
     compress(SMOKE, QUICK, output_dir=run_dir, log=lambda message: None)

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 from recipe_history import DISTILL_KEYS, earlier
 
-from edgekd import labelling
 from edgekd.errors import InputError, StageError
-from edgekd.labelling import (
+from edgekd.recipe.load import load_recipe
+from edgekd.recipe.schema import Recipe
+from edgekd.stages.base import StageContext
+from edgekd.stages.distill import labelling
+from edgekd.stages.distill.labelling import (
     AUTO,
     REFERENCE,
     BackendSetup,
@@ -22,9 +25,8 @@ from edgekd.labelling import (
     logits_cache_key,
     torch_teacher_logits,
 )
-from edgekd.recipe import Recipe, load_recipe
-from edgekd.stage import StageContext, stable_hash
-from edgekd.stages.distill import DistillStage, cached_teacher_logits
+from edgekd.stages.distill.stage import DistillStage, cached_teacher_logits
+from edgekd.stages.runner import stable_hash
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "recipes" / "smoke.yaml"
@@ -225,7 +227,7 @@ def test_an_unknown_backend_is_a_recipe_error() -> None:
 def test_distill_stage_json_records_the_labelling_and_its_check(
     tmp_path: Path, toy_data: Path, tiny_classifier_dir: Path
 ) -> None:
-    from edgekd.stage import run_stage
+    from edgekd.stages.runner import run_stage
     from edgekd.stages.teacher import TeacherStage
 
     path = tmp_path / "tiny.yaml"

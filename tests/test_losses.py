@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from edgekd.losses import attention_kl, distillation_loss, hidden_state_mse, uniform_layer_map
+from edgekd.stages.distill.losses import attention_kl, distillation_loss, hidden_state_mse, uniform_layer_map
 
 
 def softmax(xs: list[float], t: float = 1.0) -> list[float]:

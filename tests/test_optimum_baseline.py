@@ -10,12 +10,12 @@ import pytest
 from pydantic import ValidationError
 
 from edgekd.pipeline import stages
-from edgekd.recipe import GatesSpec, Recipe
-from edgekd.report import OPTIMUM_BASELINE, evaluate_gates
-from edgekd.stage import run_stage
+from edgekd.recipe.schema import GatesSpec, Recipe
+from edgekd.report.gates import OPTIMUM_BASELINE, evaluate_gates
 from edgekd.stages.benchmark import BenchmarkStage
 from edgekd.stages.optimum_baseline import SETTINGS_FILE, OptimumBaselineStage
-from edgekd.stages.quantize import count_quantized_matmuls, count_weight_matmuls
+from edgekd.stages.quantize.stage import count_quantized_matmuls, count_weight_matmuls
+from edgekd.stages.runner import run_stage
 
 
 def _recipe(toy_data: Path, baseline: bool = True, **gates: object) -> Recipe:
@@ -47,17 +47,17 @@ def test_baseline_gate_compares_accuracy_speed_and_size_with_the_optimum_variant
         _variant(OPTIMUM_BASELINE, 0.88, 23.0, 5.0),
         _variant("student-int8-onnx", 0.88, 12.0, 5.5),
     ]
-    gates = {g["name"]: g for g in evaluate_gates(variants, GatesSpec(beat_optimum_baseline=True))}
+    gates = {g.name: g for g in evaluate_gates(variants, GatesSpec(beat_optimum_baseline=True))}
     assert list(gates) == [
         "beat_optimum_baseline.accuracy",
         "beat_optimum_baseline.p50",
         "beat_optimum_baseline.size",
     ]
-    assert gates["beat_optimum_baseline.accuracy"]["passed"]  # equal accuracy is "at least as accurate"
-    assert not gates["beat_optimum_baseline.p50"]["passed"]  # 5.5 ms is slower than 5.0 ms
-    assert gates["beat_optimum_baseline.p50"]["limit"] == pytest.approx(5.0)
-    assert gates["beat_optimum_baseline.size"]["passed"]
-    assert all(g["reference"] == OPTIMUM_BASELINE for g in gates.values())
+    assert gates["beat_optimum_baseline.accuracy"].passed  # equal accuracy is "at least as accurate"
+    assert not gates["beat_optimum_baseline.p50"].passed  # 5.5 ms is slower than 5.0 ms
+    assert gates["beat_optimum_baseline.p50"].limit == pytest.approx(5.0)
+    assert gates["beat_optimum_baseline.size"].passed
+    assert all(g.reference == OPTIMUM_BASELINE for g in gates.values())
 
 
 def test_baseline_gate_needs_the_baseline_variant_and_the_recipe_needs_the_stage(toy_data):
@@ -97,6 +97,7 @@ def test_baseline_stage_writes_an_int8_onnx_folder_with_its_settings(baseline_ru
     assert settings["quantization"] == {"preset": "avx512_vnni", "is_static": False, "per_channel": False}
 
 
+@pytest.mark.slow
 def test_benchmark_measures_the_baseline_and_gates_against_it(
     baseline_run, tiny_classifier_dir, toy_data, tmp_path
 ):

@@ -19,12 +19,18 @@ import filelock  # noqa: F401 - imported while fcntl is importable; on Windows i
 import psutil
 import pytest
 
-from edgekd import envinfo
+from edgekd.bench import envinfo
 from edgekd.errors import RunLockedError
 from edgekd.pipeline import run_lock
 
 POSIX_ONLY_MODULES = ("fcntl", "resource")
-CORE_MODULES = ("edgekd.envinfo", "edgekd.training", "edgekd.pipeline", "edgekd.predict", "edgekd.cli")
+CORE_MODULES = (
+    "edgekd.bench.envinfo",
+    "edgekd.training",
+    "edgekd.pipeline",
+    "edgekd.cli.predict",
+    "edgekd.cli.app",
+)
 LINUX_ONLY_FOLDERS = ("/proc", "/sys")
 REPO = Path(__file__).resolve().parent.parent
 

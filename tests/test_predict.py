@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from edgekd.recipe import load_recipe
+from edgekd.recipe.load import load_recipe
 from edgekd.runtime import Classifier
-from edgekd.stage import StageContext
+from edgekd.stages.base import StageContext
 from edgekd.stages.export import ExportStage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,7 +23,7 @@ BLOCKED_CLI = """
 import sys
 for name in ("torch", "transformers", "optimum", "onnx", "datasets", "neural_compressor"):
     sys.modules[name] = None
-from edgekd.cli import main
+from edgekd.cli.app import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -131,7 +131,7 @@ def test_bad_input_is_one_line_and_exit_2(folder, tmp_path, breakage, message):
 
 def test_predict_module_imports_no_training_stack():
     script = (
-        "import sys, edgekd.cli, edgekd.predict; "
+        "import sys, edgekd.cli.app, edgekd.cli.predict; "
         "print(sorted(m for m in ('torch', 'transformers', 'optimum', 'onnx') if m in sys.modules))"
     )
     completed = subprocess.run(

@@ -12,9 +12,10 @@ import pytest
 
 from edgekd.errors import InputError
 from edgekd.pipeline import stages
-from edgekd.recipe import Recipe, load_recipe
+from edgekd.recipe.load import load_recipe
+from edgekd.recipe.schema import Recipe
 from edgekd.runtime import Classifier
-from edgekd.stage import StageContext, StageResult
+from edgekd.stages.base import StageContext, StageResult
 from edgekd.stages.export import ExportStage
 from edgekd.stages.prune_vocab import PruneVocabStage, read_wordpiece_tokenizer
 

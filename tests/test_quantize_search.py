@@ -18,12 +18,14 @@ import numpy as np
 import pytest
 
 from edgekd.errors import StageError
-from edgekd.quant_search import Evaluation, accuracy_aware_search, weight_node_groups
-from edgekd.recipe import Recipe, load_recipe
+from edgekd.recipe.load import load_recipe
+from edgekd.recipe.schema import Recipe
 from edgekd.runtime import Classifier
-from edgekd.stage import StageContext, StageResult
+from edgekd.stages.base import StageContext, StageResult
 from edgekd.stages.export import ExportStage
-from edgekd.stages.quantize import QuantizeStage, count_quantized_matmuls, resolve_weight_type
+from edgekd.stages.quantize.ort import resolve_weight_type
+from edgekd.stages.quantize.search import Evaluation, accuracy_aware_search, weight_node_groups
+from edgekd.stages.quantize.stage import QuantizeStage, count_quantized_matmuls
 
 REPO = Path(__file__).resolve().parent.parent
 TOY = REPO / "recipes" / "data" / "toy_topics"
@@ -113,6 +115,7 @@ def recipe_for(broken: dict, *overrides: str) -> Recipe:
 # Accuracy-aware fallback
 
 
+@pytest.mark.slow
 def test_over_budget_int8_falls_back_to_fp32_for_the_broken_matmul_only(broken, tmp_path):
     result = quantize(broken, tmp_path / "quantize", "quantize.max_accuracy_drop_pts=5")
     folder = tmp_path / "quantize"
@@ -138,6 +141,7 @@ def test_over_budget_int8_falls_back_to_fp32_for_the_broken_matmul_only(broken, 
     )
 
 
+@pytest.mark.slow
 def test_without_a_budget_the_all_int8_model_ships_and_its_drop_is_recorded(broken, tmp_path):
     quantize(broken, tmp_path / "quantize")
     report = json.loads((tmp_path / "quantize" / "quantize.json").read_text())
@@ -165,6 +169,7 @@ def test_an_unreachable_budget_fails_with_every_trial_listed(tmp_path):
     assert "all-int8: fp32 groups [none] -> accuracy 0.5000, drop 50.00 pts" in message
 
 
+@pytest.mark.slow
 def test_node_groups_follow_encoder_layers(broken):
     groups = weight_node_groups(broken["export"] / "model.onnx", ["MatMul", "Gemm", "Attention"], "layer")
     assert len(groups["layer.0"]) == len(groups["layer.1"]) == WEIGHT_MATMULS_PER_LAYER
@@ -177,6 +182,7 @@ def test_node_groups_follow_encoder_layers(broken):
 # Static INT8 and fusions
 
 
+@pytest.mark.slow
 def test_static_mode_calibrates_on_training_rows(broken, tmp_path):
     result = quantize(
         broken,
@@ -194,6 +200,7 @@ def test_static_mode_calibrates_on_training_rows(broken, tmp_path):
     assert report["int8_op_types"].get("QLinearMatMul", 0) > 0
 
 
+@pytest.mark.slow
 def test_fused_graph_quantizes_attention_and_auto_records_both_timings(broken, tmp_path):
     quantize(broken, tmp_path / "extended", "quantize.optimize=extended", "quantize.max_accuracy_drop_pts=5")
     report = json.loads((tmp_path / "extended" / "quantize.json").read_text())

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgekd.errors import RecipeError
-from edgekd.recipe import load_recipe
+from edgekd.recipe.load import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))

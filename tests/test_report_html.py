@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekd.html_report import nice_ticks, pareto_front, render_report_html, write_report_html
+from edgekd.report.html import nice_ticks, pareto_front, render_report_html, write_report_html
 
 CHARTS = ("chart-pareto", "chart-size", "chart-latency-dist", "chart-seq-latency")
 TRAINING_CHARTS = ("chart-training-teacher", "chart-training-distill", "chart-eval-accuracy")

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from edgekd.cli import main
+from edgekd.cli.app import main
 from edgekd.data import load_splits
 from edgekd.errors import DataError
 from edgekd.pipeline import run_lock
-from edgekd.recipe import DataSpec
+from edgekd.recipe.schema import DataSpec
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE_TEXT = (REPO / "recipes" / "smoke.yaml").read_text()

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from edgekd.cli import main
+from edgekd.cli.app import main
 from edgekd.data import load_splits
 from edgekd.pipeline import run_lock
-from edgekd.recipe import DataSpec, TokenizerBuild
+from edgekd.recipe.schema import DataSpec, TokenizerBuild
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE_TEXT = (REPO / "recipes" / "smoke.yaml").read_text()
@@ -159,7 +159,7 @@ def test_lone_surrogates_are_replaced_and_counted_once(tmp_path: Path) -> None:
 
 
 def test_unlabeled_texts_with_lone_surrogates_are_encodable(tmp_path: Path) -> None:
-    from edgekd.unlabeled import read_texts
+    from edgekd.stages.distill.unlabeled import read_texts
 
     path = tmp_path / "extra.jsonl"
     path.write_bytes(jsonl([{"text": "lone \ud800 half"}]))

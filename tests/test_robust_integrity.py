@@ -19,23 +19,23 @@ from typing import Any
 import numpy as np
 import pytest
 
-import edgekd.stage
+import edgekd.stages.runner
 import edgekd.training
 from edgekd.errors import ResourceError
-from edgekd.recipe import Recipe, load_recipe
-from edgekd.stage import (
+from edgekd.recipe.load import load_recipe
+from edgekd.recipe.schema import Recipe
+from edgekd.stages.base import StageBase, StageContext, StageResult
+from edgekd.stages.distill.stage import DistillStage, cached_teacher_logits
+from edgekd.stages.runner import (
     RUN_FOLDER_MARKER,
-    StageContext,
-    StageResult,
     fingerprint_path,
     fingerprints_leaving_out,
+    is_complete_checkpoint,
     run_stage,
     stage_key,
     stage_resource_error,
 )
-from edgekd.stages.distill import DistillStage, cached_teacher_logits
 from edgekd.stages.teacher import TeacherStage
-from edgekd.training import is_complete_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "recipes" / "smoke.yaml"
@@ -244,7 +244,7 @@ def test_an_ambiguous_torch_stream_error_is_disk_full_only_on_a_full_disk(
     assert stage_resource_error(stream, tmp_path, "x") is None
     assert stage_resource_error(RuntimeError("shape mismatch"), tmp_path, "x") is None
     full = shutil._ntuple_diskusage(total=10 << 30, used=10 << 30, free=4096)  # type: ignore[attr-defined]
-    monkeypatch.setattr(edgekd.stage.shutil, "disk_usage", lambda _: full)
+    monkeypatch.setattr(edgekd.stages.runner.shutil, "disk_usage", lambda _: full)
     assert isinstance(stage_resource_error(stream, tmp_path, "x"), ResourceError)
 
 
@@ -327,7 +327,7 @@ def test_the_cache_and_stage_files_are_fsynced(
 # Finished stages whose files changed under an intact stage.json
 
 
-class FileStage:
+class FileStage(StageBase):
     """Writes the given files; counts how often it really ran."""
 
     name = "fake"
@@ -428,7 +428,7 @@ def test_a_damaged_interrupted_swap_is_run_again_not_moved_into_place(recipe: Re
 # A run folder inside the data folder
 
 
-class DataReadingStage:
+class DataReadingStage(StageBase):
     name = "reader"
     folder = "reader"
     needs: tuple[str, ...] = ()
@@ -449,7 +449,9 @@ class DataReadingStage:
 def legacy_fingerprint(folder: Path) -> list[tuple[str, int, str]]:
     """fingerprint_path as it was before run folders were left out: what existing keys were made from."""
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    return [(str(p.relative_to(folder)), p.stat().st_size, edgekd.stage.file_digest(p)) for p in files]
+    return [
+        (str(p.relative_to(folder)), p.stat().st_size, edgekd.stages.runner.file_digest(p)) for p in files
+    ]
 
 
 @pytest.fixture
@@ -514,7 +516,7 @@ def test_a_disk_full_os_error_keeps_checkpoints_too(recipe: Recipe, tmp_path: Pa
     def run(self: Any, ctx: Any, out_dir: Path) -> Any:
         checkpoint = out_dir / "checkpoints" / "checkpoint-3"
         checkpoint.mkdir(parents=True)
-        for name in edgekd.training.CHECKPOINT_FILES:
+        for name in edgekd.stages.runner.CHECKPOINT_FILES:
             (checkpoint / name).write_text("{}")
         (out_dir / "model").mkdir()
         (out_dir / "model" / "model.safetensors").write_bytes(b"half")

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from edgekd.cli import main
+from edgekd.cli.app import main
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "recipes" / "smoke.yaml"
@@ -81,7 +81,7 @@ def test_nan_loss_in_teacher_fine_tuning_stops_with_the_step(
 def test_nan_loss_in_distillation_stops_with_the_step(
     shared_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import edgekd.stages.distill as distill
+    import edgekd.stages.distill.trainer as distill
 
     real_loss = distill.distillation_loss
 
@@ -101,6 +101,7 @@ def test_nan_loss_in_distillation_stops_with_the_step(
     assert not (shared_run / "distill").exists() and not (shared_run / ".distill.partial").exists()
 
 
+@pytest.mark.slow
 def test_onnx_parity_breach_fails_the_export_with_the_measured_difference(shared_run: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "edgekd.cli", *cli_args(shared_run, "export.atol=1e-15")],

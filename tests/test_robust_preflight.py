@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from edgekd.cli import main
+from edgekd.cli.app import main
 from edgekd.errors import DataError, InputError, RecipeError
 from edgekd.pipeline import compress, preflight
-from edgekd.recipe import load_recipe
+from edgekd.recipe.load import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "recipes" / "smoke.yaml"

@@ -17,10 +17,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgekd.cli import main
+from edgekd.cli.app import main
 from edgekd.errors import RecipeError
-from edgekd.recipe import Recipe, load_recipe, recipe_to_yaml
-from edgekd.stage import stable_hash
+from edgekd.recipe.load import load_recipe, recipe_to_yaml
+from edgekd.recipe.schema import Recipe
+from edgekd.stages.runner import stable_hash
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE_TEXT = (REPO / "recipes" / "smoke.yaml").read_text()

@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 
-import edgekd.stage
-from edgekd.cli import main
+import edgekd.stages.runner
+from edgekd.cli.app import main
 from edgekd.errors import ResourceError, resource_error
-from edgekd.recipe import Recipe, load_recipe
-from edgekd.stage import run_stage
+from edgekd.recipe.load import load_recipe
+from edgekd.recipe.schema import Recipe
+from edgekd.stages.runner import run_stage
 from edgekd.stages.teacher import TeacherStage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,7 +73,7 @@ def fail_stage_json(exc: BaseException) -> Callable[[pytest.MonkeyPatch], None]:
         def write_json(path: Path, obj: Any) -> None:
             raise exc
 
-        monkeypatch.setattr(edgekd.stage, "write_json", write_json)
+        monkeypatch.setattr(edgekd.stages.runner, "write_json", write_json)
 
     return inject
 
@@ -89,7 +90,7 @@ def fail_rename(exc: BaseException, source_name: str) -> Callable[[pytest.Monkey
                 raise exc
             real_replace(src, dst, **kwargs)
 
-        monkeypatch.setattr(edgekd.stage.os, "replace", replace)
+        monkeypatch.setattr(edgekd.stages.runner.os, "replace", replace)
 
     return inject
 

@@ -23,9 +23,15 @@ from typing import Any
 
 import pytest
 
-from edgekd.recipe import load_recipe
-from edgekd.stage import INVOCATION_FILE, StageContext, StageResult, run_stage, start_invocation
-from edgekd.training import is_complete_checkpoint, last_checkpoint
+from edgekd.recipe.load import load_recipe
+from edgekd.stages.base import StageBase, StageContext, StageResult
+from edgekd.stages.runner import (
+    INVOCATION_FILE,
+    is_complete_checkpoint,
+    last_checkpoint,
+    run_stage,
+    start_invocation,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "recipes" / "smoke.yaml"
@@ -84,6 +90,7 @@ def kill_after_checkpoint(process: subprocess.Popen[bytes], checkpoints: Path) -
     pytest.fail(f"no {pattern} within {POLL_TIMEOUT_S}s")
 
 
+@pytest.mark.e2e
 def test_killed_runs_resume_from_their_checkpoints(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
 
@@ -115,7 +122,7 @@ def test_killed_runs_resume_from_their_checkpoints(tmp_path: Path) -> None:
 # Stage runner corner cases, on a fake stage
 
 
-class CountingStage:
+class CountingStage(StageBase):
     """Writes one file; counts how often it really ran."""
 
     name = "fake"

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from edgekd.cli import main
+from edgekd.cli.app import main
 from edgekd.errors import InputError, RecipeError
 from edgekd.models import check_weights_are_safe, load_classifier, model_labels
 from edgekd.pipeline import run_dir_for
-from edgekd.recipe import Recipe, StudentSpec, TeacherSpec, load_recipe
+from edgekd.recipe.load import load_recipe
+from edgekd.recipe.schema import Recipe, StudentSpec, TeacherSpec
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE_TEXT = (REPO / "recipes" / "smoke.yaml").read_text()
@@ -125,7 +126,7 @@ def test_remote_code_is_not_trusted_by_default(remote_code_dir: tuple[Path, Path
         "!!python/object/apply:pathlib.Path.write_text [{marker}, 'pwned']",
         "!!python/object/new:pathlib.Path [{marker}]",
         "!!python/name:os.system",
-        "!!python/object:edgekd.recipe.Recipe {{name: x}}",
+        "!!python/object:edgekd.recipe.schema.Recipe {{name: x}}",
     ],
 )
 def test_python_yaml_tags_are_recipe_errors_and_run_nothing(tmp_path: Path, tag: str) -> None:

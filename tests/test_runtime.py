@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from edgekd.errors import InputError
-from edgekd.recipe import load_recipe
+from edgekd.recipe.load import load_recipe
 from edgekd.runtime import Classifier, Prediction, TruncationWarning
-from edgekd.stage import StageContext
+from edgekd.stages.base import StageContext
 from edgekd.stages.export import ExportStage
-from edgekd.stages.quantize import QuantizeStage
+from edgekd.stages.quantize.stage import QuantizeStage
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_LENGTH = 32  # recipes/smoke.yaml

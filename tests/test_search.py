@@ -11,10 +11,11 @@ import optuna
 import pytest
 
 from edgekd.errors import StageError
-from edgekd.recipe import SearchSpec, load_recipe
-from edgekd.search import run_search
-from edgekd.stage import run_stage
-from edgekd.stages.distill import DistillStage
+from edgekd.recipe.load import load_recipe
+from edgekd.recipe.schema import SearchSpec
+from edgekd.stages.distill.search import run_search
+from edgekd.stages.distill.stage import DistillStage
+from edgekd.stages.runner import run_stage
 from edgekd.stages.teacher import TeacherStage
 
 
@@ -90,6 +91,7 @@ def test_no_finished_trial_is_a_clear_error() -> None:
         run_search(SearchSpec(n_trials=2), 0, train, log=lambda _: None, pruner=PruneAll())
 
 
+@pytest.mark.slow
 def test_distill_stage_search_keeps_the_best_student_and_writes_search_json(
     tmp_path: Path, toy_data: Path, tiny_classifier_dir: Path
 ) -> None:

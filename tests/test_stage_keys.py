@@ -8,14 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from recipe_history import SMOKE_CHAIN_KEYS
 
-from edgekd.recipe import load_recipe
-from edgekd.stage import StageContext, StageResult, fingerprint_path, run_stage
+from edgekd.recipe.load import load_recipe
+from edgekd.stages.base import StageBase, StageContext, StageResult
+from edgekd.stages.runner import fingerprint_path, run_stage
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-class DataReadingStage:
+class DataReadingStage(StageBase):
     """A stage whose output depends on a data folder, as the teacher's does."""
 
     name = "reader"
@@ -76,3 +78,34 @@ def test_a_hub_id_or_missing_path_is_its_own_identity() -> None:
         fingerprint_path("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
     )
     assert fingerprint_path(None) is None
+
+
+def relative_to_repo(obj: Any) -> Any:
+    """`obj` with every absolute path under the checkout written as `<repo>/...`."""
+    if isinstance(obj, dict):
+        return {k: relative_to_repo(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [relative_to_repo(v) for v in obj]
+    if isinstance(obj, str) and obj.startswith(f"{REPO}/"):
+        return "<repo>/" + obj.removeprefix(f"{REPO}/")
+    return obj
+
+
+class CheckoutIndependent(StageBase):
+    """A stage whose params are the wrapped stage's with checkout paths made relative (keyed by the real formula)."""
+
+    def __init__(self, stage: Any) -> None:
+        self.stage, self.name, self.folder, self.needs = stage, stage.name, stage.folder, stage.needs
+
+    def params(self, recipe: Any) -> dict[str, Any]:
+        return relative_to_repo(self.stage.params(recipe))
+
+
+def test_every_stage_key_of_the_smoke_chain_is_unchanged(recipe: Any) -> None:
+    from edgekd.pipeline import stages
+    from edgekd.stages.runner import stage_key
+
+    keys: dict[str, str] = {}
+    for stage in stages(recipe):
+        keys[stage.name] = stage_key(CheckoutIndependent(stage), recipe, {n: keys[n] for n in stage.needs})
+    assert keys == SMOKE_CHAIN_KEYS

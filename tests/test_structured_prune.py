@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from recipe_history import STUDENT_KEYS, earlier
 
-from edgekd.recipe import PruneSpec, load_recipe
-from edgekd.stage import stable_hash
-from edgekd.stages.distill import DistillStage
-from edgekd.structured_prune import (
+from edgekd.recipe.load import load_recipe
+from edgekd.recipe.schema import PruneSpec
+from edgekd.stages.distill.stage import DistillStage
+from edgekd.stages.distill.structured_prune import (
     Importance,
     apply_plan,
     choose_plan,
@@ -26,6 +26,7 @@ from edgekd.structured_prune import (
     prune_student,
     taylor_importance,
 )
+from edgekd.stages.runner import stable_hash
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "recipes" / "smoke.yaml"
@@ -160,7 +161,7 @@ def test_a_pruned_student_exports_to_onnx_with_parity(
 
 def test_apply_plan_refuses_a_plan_for_another_depth(tiny_classifier_dir: Path) -> None:
     from edgekd.errors import InputError
-    from edgekd.structured_prune import PrunePlan
+    from edgekd.stages.distill.structured_prune import PrunePlan
 
     with pytest.raises(InputError, match="covers 1 layers"):
         apply_plan(tiny_model(tiny_classifier_dir), PrunePlan(ffn_kept=[[0, 1]]))
@@ -170,7 +171,7 @@ def test_a_student_that_is_not_bert_shaped_is_refused_with_a_hint() -> None:
     import torch
 
     from edgekd.errors import InputError
-    from edgekd.structured_prune import prunable_layers
+    from edgekd.stages.distill.structured_prune import prunable_layers
 
     with pytest.raises(InputError) as err:
         prunable_layers(torch.nn.Linear(2, 2))
@@ -213,7 +214,7 @@ def test_later_stages_do_not_hash_the_student_section() -> None:
     from edgekd.stages.benchmark import BenchmarkStage
     from edgekd.stages.export import ExportStage
     from edgekd.stages.prune_vocab import PruneVocabStage
-    from edgekd.stages.quantize import QuantizeStage
+    from edgekd.stages.quantize.stage import QuantizeStage
 
     recipe = load_recipe(SMOKE)
     pruned = load_recipe(SMOKE, ["student.prune={ffn_keep: 0.5}"])
@@ -237,6 +238,7 @@ def test_prune_settings_out_of_range_name_the_field(value: str, field: str) -> N
 # End to end
 
 
+@pytest.mark.e2e
 def test_compress_prunes_the_student_and_the_chain_completes(tmp_path: Path) -> None:
     """The smoke student (one layer: 4 heads, 128 neurons) pruned to half, distilled, exported, quantized and
     benchmarked through the CLI; distill/stage.json records what pruning removed."""
@@ -279,6 +281,7 @@ def test_compress_prunes_the_student_and_the_chain_completes(tmp_path: Path) -> 
     assert json.loads((run_dir / "export" / "parity.json").read_text())["passed"] is True
 
 
+@pytest.mark.slow
 def test_student_depth_benchmark_measures_pruned_widths(
     tmp_path: Path, tiny_classifier_dir: Path, toy_data: Path
 ) -> None:

@@ -13,6 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_each_depth_is_exported_quantized_and_timed(
     tmp_path: Path, tiny_classifier_dir: Path, toy_data: Path
 ) -> None:

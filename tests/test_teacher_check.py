@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 
 from edgekd.errors import RecipeError, StageError
-from edgekd.recipe import TeacherSpec, load_recipe
-from edgekd.stage import StageContext, StageResult, stable_hash, stage_key
+from edgekd.recipe.load import load_recipe
+from edgekd.recipe.schema import TeacherSpec
+from edgekd.stages.base import StageBase, StageContext, StageResult
+from edgekd.stages.runner import stable_hash, stage_key
 from edgekd.stages.teacher import TeacherStage, judge_teacher, majority_rate, required_accuracy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -217,6 +219,7 @@ def refused_run(
     return recipe, run_dir, result
 
 
+@pytest.mark.slow
 def test_the_cli_stops_with_exit_1_before_distillation(refused_run) -> None:
     _, run_dir, result = refused_run
     assert result.returncode == 1, result.stderr[-3000:]
@@ -239,6 +242,7 @@ def test_the_cli_stops_with_exit_1_before_distillation(refused_run) -> None:
     assert not (run_dir / "distill").exists() and not list(run_dir.glob(".distill*"))
 
 
+@pytest.mark.slow
 def test_a_cached_bad_teacher_is_refused_again(refused_run) -> None:
     from edgekd.pipeline import compress
 
@@ -249,7 +253,7 @@ def test_a_cached_bad_teacher_is_refused_again(refused_run) -> None:
     assert "[teacher] cached, skipped" in lines
 
 
-class ReportOnly:
+class ReportOnly(StageBase):
     """Stands in for distillation and everything after it: proves the run went past the teacher."""
 
     name = "next"
@@ -264,6 +268,7 @@ class ReportOnly:
         return StageResult()
 
 
+@pytest.mark.slow
 def test_turning_the_check_off_reuses_the_teacher_and_goes_on(refused_run, monkeypatch) -> None:
     import edgekd.pipeline as pipeline
 
@@ -279,7 +284,7 @@ def test_turning_the_check_off_reuses_the_teacher_and_goes_on(refused_run, monke
 
 def test_an_early_stop_is_recorded_logged_and_named_in_the_hint(tmp_path: Path) -> None:
     from edgekd.data import load_splits
-    from edgekd.stage import run_stage
+    from edgekd.stages.runner import run_stage
 
     write_unlearnable_data(tmp_path / "data")
     (tmp_path / "r.yaml").write_text(UNLEARNABLE_RECIPE)

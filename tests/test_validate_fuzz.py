@@ -22,7 +22,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgekd.cli import main
+from edgekd.cli.app import main
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((REPO / "recipes").glob("*.yaml"))
@@ -261,6 +261,7 @@ def test_every_shipped_recipe_made_runnable_here_is_valid(
         assert code == 0, output
 
 
+@pytest.mark.slow  # `make nightly` runs it with many more examples
 @given(data=st.data())
 @PROFILE
 def test_validate_answers_0_or_2_with_a_hint(

@@ -24,7 +24,8 @@ the machine (another job, thermal throttling) hit every variant alike instead of
 One process per model, because what a process has loaded cannot be unloaded: a PyTorch model measured after
 another would share its allocator, its thread pools and its peak memory, and an ONNX model measured in a
 process that imported torch would look as heavy as torch. The thread budget is fixed through the environment
-before any numeric library is imported, since OpenMP reads it once at start-up.
+before any numeric library is imported, since OpenMP reads it once at start-up. An ONNX model is served by
+`edgekd.runtime.Classifier`, the code users deploy; a PyTorch one by transformers.
 
 Latency is measured per request with `time.perf_counter_ns`: tokenization and the model call are timed
 separately (end-to-end = both; a chunk is tokenized first, then its model calls run back to back on the
@@ -47,12 +48,25 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+# Standard library only at module level (edgekd.artifact imports nothing else): the thread caps must be in the
+# environment before numpy, onnxruntime or torch is first imported.
+from edgekd.artifact import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    is_json_int,
+    read_json_object,
+    read_max_length,
+    thread_env,
+    usable_positions,
+)
+
 FORMATS = ("pytorch", "onnx")
-THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
-DEFAULT_MAX_LENGTH = 128
+# A PyTorch folder's truncation length when neither --max-length nor edgekd.json gives one: the recipe default
+# data.max_length, which edgekd distils and exports at. Not the runtime's rule for ONNX folders: that takes the
+# tokenizer's model_max_length, for a checkpoint the architecture's limit (512 for BERT), not a length it was
+# trained at. The harness always passes --max-length; this only matters for a worker started by hand.
+PYTORCH_DEFAULT_MAX_LENGTH = 128
 STDERR_TAIL_LINES = 15
-# RoBERTa-style position ids start after the padding index, so two positions are never usable.
-POSITION_OFFSET_MODEL_TYPES = ("roberta", "xlm-roberta", "camembert", "longformer", "bart", "mbart")
 
 
 class Backend(Protocol):
@@ -129,84 +143,27 @@ class TorchBackend:
 
 
 class OnnxBackend:
-    """An onnxruntime CPU session fed by the `tokenizers` library directly: what a lean deployment runs."""
-
-    INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+    """`edgekd.runtime.Classifier`, the code a deployment runs, through its public API only: the session options,
+    tokenization and feeds measured are the classifier's own (what `predict` adds on top is the softmax)."""
 
     def __init__(self, folder: Path, threads: int, max_length: int) -> None:
-        import numpy as np
-        from tokenizers import Tokenizer
+        from edgekd.artifact import onnx_model_path
+        from edgekd.runtime import Classifier
 
-        from edgekd.size import onnx_model_path
-
-        self._np = np
-        self.model_path = onnx_model_path(folder)
-        self.threads = threads
-        self.ort_session = self._create_session(threads)
-        self.feeds = self._input_types()
-        outputs = [o.name for o in self.ort_session.get_outputs()]
-        self.output_name = "logits" if "logits" in outputs else outputs[0]
-        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self.tokenizer.enable_truncation(max_length)
-        self.pad_token = _pad_token(folder)
-        pad_id = self.tokenizer.token_to_id(self.pad_token)
-        self.pad_id = pad_id if pad_id is not None else 0
-        self.tokenizer.enable_padding(pad_id=self.pad_id, pad_token=self.pad_token)
-        self._fixed_tokenizers: dict[int, Any] = {}
-        self.labels = _onnx_labels(folder)
-        self.max_positions = usable_positions(_read_json_object(folder / "config.json"))
-
-    def _create_session(self, threads: int) -> Any:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning threads burn the cores between requests and inflate the numbers of whatever runs next.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        return ort.InferenceSession(
-            str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        self.classifier = Classifier.load(
+            folder, threads=threads, model_file=onnx_model_path(folder).name, max_length=max_length
         )
-
-    def _input_types(self) -> dict[str, Any]:
-        feeds = {}
-        for spec in self.ort_session.get_inputs():
-            if spec.name not in self.INPUT_NAMES:
-                raise ValueError(f"the ONNX graph takes an input this worker cannot feed: {spec.name}")
-            feeds[spec.name] = self._np.int32 if spec.type == "tensor(int32)" else self._np.int64
-        return feeds
+        self.labels = self.classifier.labels
+        self.max_positions = usable_positions(read_json_object(folder / CONFIG_FILE))
 
     def encode(self, texts: Sequence[str]) -> dict[str, Any]:
-        encodings = (
-            [self.tokenizer.encode(texts[0])] if len(texts) == 1 else self.tokenizer.encode_batch(texts)
-        )
-        return self._as_feeds(encodings)
+        return self.classifier.encode(texts)
 
     def encode_fixed(self, text: str, length: int) -> dict[str, Any]:
-        tokenizer = self._fixed_tokenizers.get(length)
-        if tokenizer is None:
-            from tokenizers import Tokenizer
-
-            # A copy: the serving tokenizer keeps its own truncation and padding settings.
-            tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
-            tokenizer.enable_truncation(length)
-            tokenizer.enable_padding(pad_id=self.pad_id, pad_token=self.pad_token, length=length)
-            self._fixed_tokenizers[length] = tokenizer
-        return self._as_feeds([tokenizer.encode(text)])
-
-    def _as_feeds(self, encodings: Sequence[Any]) -> dict[str, Any]:
-        columns = {
-            "input_ids": [e.ids for e in encodings],
-            "attention_mask": [e.attention_mask for e in encodings],
-            "token_type_ids": [e.type_ids for e in encodings],
-        }
-        return {name: self._np.asarray(columns[name], dtype=dtype) for name, dtype in self.feeds.items()}
+        return self.classifier.encode_fixed_length(text, length)
 
     def forward(self, encoded: dict[str, Any]) -> Any:
-        return self.ort_session.run([self.output_name], encoded)[0]
+        return self.classifier.forward(encoded)
 
     def logits(self, encoded: dict[str, Any]) -> Any:
         return self.forward(encoded)
@@ -216,48 +173,11 @@ class OnnxBackend:
 
     def set_threads(self, threads: int) -> None:
         # An ONNX Runtime session's thread pool is fixed at creation: a new session replaces the old one.
-        if threads != self.threads:
-            self.ort_session = self._create_session(threads)
-            self.threads = threads
+        if threads != self.classifier.threads:
+            self.classifier = self.classifier.with_threads(threads)
 
     def effective_threads(self) -> int:
-        return self.threads
-
-
-def usable_positions(config: dict[str, Any]) -> int | None:
-    """The longest input (in tokens) a model's position embeddings allow, from its config; None if unknown."""
-    positions = config.get("max_position_embeddings")
-    if not isinstance(positions, int) or isinstance(positions, bool) or positions <= 0:
-        return None
-    offset = 2 if str(config.get("model_type", "")) in POSITION_OFFSET_MODEL_TYPES else 0
-    return positions - offset
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _pad_token(folder: Path) -> str:
-    for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        value = _read_json_object(folder / name).get("pad_token")
-        if isinstance(value, dict):
-            value = value.get("content")
-        if isinstance(value, str):
-            return value
-    return "[PAD]"
-
-
-def _onnx_labels(folder: Path) -> list[str]:
-    # The runtime's reading, so that the worker serves the very labels the harness checked before it started.
-    from edgekd.runtime import read_labels
-
-    return read_labels(
-        folder, _read_json_object(folder / "edgekd.json"), _read_json_object(folder / "config.json")
-    )
+        return int(self.classifier.threads or 0)
 
 
 def load_backend(folder: Path, fmt: str, threads: int, max_length: int) -> Backend:
@@ -492,19 +412,18 @@ def _protocol_writer() -> Callable[[dict[str, Any]], None]:
     return answer
 
 
-def thread_env(threads: int) -> dict[str, str]:
-    """Environment that caps every native thread pool at `threads` (tokenizers' own pool is switched off)."""
-    env = {name: str(threads) for name in THREAD_ENV_VARS}
-    env["TOKENIZERS_PARALLELISM"] = "false"
-    return env
+def default_max_length(folder: Path, fmt: str) -> int:
+    """The truncation length when none is given: for an ONNX folder the one `Classifier.load` reads (edgekd.json,
+    else the tokenizer's or the model's limit); for a PyTorch folder edgekd.json's, else the recipe default.
 
-
-def default_max_length(folder: Path) -> int:
-    """The max_length the export recorded in edgekd.json, else the recipe default."""
-    value = _read_json_object(folder / "edgekd.json").get("max_length")
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:  # `true` is not 1 token
-        return DEFAULT_MAX_LENGTH
-    return value
+    Raises:
+        InputError: an ONNX folder's edgekd.json or config.json is unreadable or sets an impossible max_length.
+    """
+    manifest = read_json_object(folder / MANIFEST_FILE)
+    if fmt == "onnx":
+        return read_max_length(folder, manifest, read_json_object(folder / CONFIG_FILE))
+    value = (manifest or {}).get("max_length")
+    return value if is_json_int(value) and value > 0 else PYTORCH_DEFAULT_MAX_LENGTH
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -516,7 +435,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
-        "--max-length", type=int, default=None, help="truncation (default: edgekd.json, else 128)"
+        "--max-length",
+        type=int,
+        default=None,
+        help="truncation (default: what the runtime reads from the folder; PyTorch: edgekd.json, else 128)",
     )
     args = parser.parse_args(argv)
     if args.threads < 1:
@@ -530,9 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before numpy/torch/onnxruntime are imported: OpenMP and MKL read these once, at load.
     os.environ.update(thread_env(args.threads))
     answer = _protocol_writer()
-    max_length = args.max_length or default_max_length(args.model)
     t0 = time.perf_counter()
     try:
+        max_length = args.max_length or default_max_length(args.model, args.fmt)
         backend = load_backend(args.model, args.fmt, args.threads, max_length)
     except Exception as exc:
         answer({"ok": False, "error": f"cannot load {args.model}: {type(exc).__name__}: {exc}"})

@@ -15,17 +15,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgekd.bench.harness import (
-    HarnessSettings,
-    ModelSpec,
-    benchmark_folders,
-    check_threads,
-    latency_sample_indices,
-)
+from edgekd.artifact import CONFIG_FILE, MODEL_FILE
+from edgekd.bench.harness import benchmark_folders
+from edgekd.bench.inputs import check_threads, latency_sample_indices
+from edgekd.bench.spec import HarnessSettings, ModelSpec
 from edgekd.errors import InputError
-from edgekd.recipe import Recipe
-from edgekd.report import CANDIDATE, OPTIMUM_BASELINE, REFERENCE
-from edgekd.stage import StageContext, StageResult, fingerprint_path
+from edgekd.recipe.schema import Recipe
+from edgekd.report.gates import CANDIDATE, OPTIMUM_BASELINE, REFERENCE
+from edgekd.stages.base import StageBase, StageContext, StageResult
+from edgekd.stages.runner import fingerprint_path
 
 __all__ = ["VARIANTS", "BenchmarkStage", "Variant", "check_threads", "latency_sample_indices"]
 
@@ -56,7 +54,7 @@ BASELINE_VARIANT = Variant(OPTIMUM_BASELINE, "onnx", "optimum_baseline", "")
 TRAINING_STAGES = ("teacher", "distill")
 
 
-class BenchmarkStage:
+class BenchmarkStage(StageBase):
     name = "benchmark"
     folder = "report"
 
@@ -97,13 +95,13 @@ class BenchmarkStage:
             candidate=CANDIDATE,
             training_logs={s: ctx.inputs[s] / "log_history.json" for s in TRAINING_STAGES if s in ctx.inputs},
             relative_to=ctx.run_dir,
-            stage_times=upstream_stage_times(ctx.run_dir, recipe),
-            student_budget=distill_budget_record(ctx.run_dir),
+            stage_times=upstream_stage_times(ctx.upstream),
+            student_budget=distill_budget_record(ctx.upstream),
             log=ctx.log,
         )
-        failed = [g["name"] for g in report["gates"] if not g["passed"]]
+        failed = report.failed_gates
         return StageResult(
-            metrics={"passed": report["passed"], "report": "report.json", "failed_gates": failed},
+            metrics={"passed": report.passed, "report": "report.json", "failed_gates": failed},
             summary="all gates passed" if not failed else f"gates failed: {', '.join(failed)}",
         )
 
@@ -122,40 +120,31 @@ def settings_from_recipe(recipe: Recipe) -> HarnessSettings:
     )
 
 
-def upstream_stage_times(run_dir: Path, recipe: Recipe) -> list[dict[str, Any]]:
-    """Wall time of each finished stage before the benchmark, in chain order, from its stage.json (a stage
-    that was cached reports the time of the run that made it; a resumed one adds the work carried over from
-    its interrupted invocations, also given apart). The benchmark's own is in report/stage.json."""
-    from edgekd.pipeline import stages
-    from edgekd.stage import read_stage_json
-
+def upstream_stage_times(upstream: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Wall time of each stage before the benchmark, in chain order, from its record (a stage that was cached
+    reports the time of the run that made it; a resumed one adds the work carried over from its interrupted
+    invocations, also given apart). The benchmark's own is in report/stage.json."""
     times = []
-    for stage in stages(recipe):
-        if stage.name == BenchmarkStage.name:
-            break
-        record = read_stage_json(run_dir / stage.folder)
-        if record and isinstance(record.get("wall_time_s"), int | float):
+    for name, record in upstream.items():
+        if isinstance(record.get("wall_time_s"), int | float):
             carried = record.get("carried_over_s")
             carried = float(carried) if isinstance(carried, int | float) else 0.0
-            entry = {"stage": stage.name, "wall_time_s": float(record["wall_time_s"]) + carried}
+            entry = {"stage": name, "wall_time_s": float(record["wall_time_s"]) + carried}
             if carried:
                 entry["carried_over_s"] = carried
             times.append(entry)
     return times
 
 
-def distill_budget_record(run_dir: Path) -> dict[str, Any] | None:
+def distill_budget_record(upstream: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """The distill stage's `student.budget` record (the shapes it timed and chose), when it used one."""
-    from edgekd.stage import read_stage_json
-
-    record = read_stage_json(run_dir / "distill") or {}
-    budget = (record.get("metrics") or {}).get("budget")
+    budget = (upstream.get("distill", {}).get("metrics") or {}).get("budget")
     return budget if isinstance(budget, dict) else None
 
 
 def _require_stage_output(model: ModelSpec) -> None:
     """An earlier stage's model missing from the run folder is a broken run, not a user's bad folder."""
-    marker = "model.onnx" if model.format == "onnx" else "config.json"
+    marker = MODEL_FILE if model.format == "onnx" else CONFIG_FILE
     if not (model.folder / marker).is_file() and not any(model.folder.glob("*.onnx")):
         raise InputError(
             f"the {model.name} model is missing from the run: {model.folder}",

@@ -24,21 +24,27 @@ from typing import Any
 
 import numpy as np
 
-from edgekd import __version__
+from edgekd._version import __version__
+from edgekd.artifact import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    MANIFEST_FORMAT,
+    MODEL_FILE,
+    TOKENIZER_CONFIG_FILE,
+    UNSET_MODEL_MAX_LENGTH,
+    onnx_file_bytes,
+    read_json_object,
+    read_labels,
+)
 from edgekd.data import load_splits
 from edgekd.errors import InputError, ParityError, StageError, first_line
-from edgekd.recipe import Recipe
-from edgekd.size import external_data_files
-from edgekd.stage import StageContext, StageResult, write_json
+from edgekd.recipe.schema import Recipe
+from edgekd.stages.base import StageBase, StageContext, StageResult
+from edgekd.stages.runner import write_json
 
-MODEL_FILE = "model.onnx"
-MANIFEST_FILE = "edgekd.json"
 PARITY_FILE = "parity.json"
 TASK = "text-classification"
 PARITY_BATCH_SIZE = 16
-MANIFEST_FORMAT = "edgekd.model/1"
-# transformers' "no limit" sentinel for model_max_length is ~1e30; anything this large means "not set".
-UNSET_MODEL_MAX_LENGTH = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,7 @@ class ParityReport:
     argmax_agreement: float
 
 
-class ExportStage:
+class ExportStage(StageBase):
     """Distilled PyTorch classifier -> ONNX folder that optimum, transformers and edgekd.runtime can load."""
 
     name = "export"
@@ -160,24 +166,15 @@ def export_onnx(source: Path, out_dir: Path, opset: int) -> None:
 
 
 def read_model_labels(model_dir: Path) -> list[str]:
-    """The class names in id order from a model folder's config.json.
+    """The class names in id order from a model folder's config.json (the rule the runtime reads them by).
 
     Raises:
         InputError: no config.json, or its id2label is missing or not the ids 0..n-1.
     """
-    config_path = model_dir / "config.json"
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read the model config {config_path}: {exc}") from None
-    id2label = config.get("id2label") or {}
-    try:
-        by_id = {int(k): str(v) for k, v in id2label.items()}
-    except (TypeError, ValueError):
-        by_id = {}
-    if not by_id or sorted(by_id) != list(range(len(by_id))):
-        raise InputError(f"{config_path} has no usable id2label (class ids 0..n-1 with names)")
-    return [by_id[i] for i in range(len(by_id))]
+    config = read_json_object(model_dir / CONFIG_FILE)
+    if config is None:
+        raise InputError(f"the model folder {model_dir} has no {CONFIG_FILE}")
+    return read_labels(model_dir, None, config)
 
 
 def check_max_length(model_dir: Path, max_length: int) -> None:
@@ -188,8 +185,8 @@ def check_max_length(model_dir: Path, max_length: int) -> None:
     """
     limits = {}
     for file_name, key in (
-        ("tokenizer_config.json", "model_max_length"),
-        ("config.json", "max_position_embeddings"),
+        (TOKENIZER_CONFIG_FILE, "model_max_length"),
+        (CONFIG_FILE, "max_position_embeddings"),
     ):
         try:
             value = json.loads((model_dir / file_name).read_text(encoding="utf-8")).get(key)
@@ -343,21 +340,6 @@ def build_manifest(recipe: Recipe, source: Path, onnx_path: Path, labels: list[s
             "exporter": package_versions("optimum-onnx", "optimum", "torch", "transformers", "onnx"),
         },
     }
-
-
-def onnx_file_bytes(onnx_path: Path) -> int:
-    """Size on disk of an ONNX model: the .onnx file plus every external data file it references.
-
-    Raises:
-        StageError: a referenced external data file is missing.
-    """
-    total = onnx_path.stat().st_size
-    for location in external_data_files(onnx_path):
-        data_file = onnx_path.parent / location
-        if not data_file.is_file():
-            raise StageError(f"{onnx_path.name} references external data {location}, which is missing")
-        total += data_file.stat().st_size
-    return total
 
 
 def package_versions(*names: str) -> dict[str, str | None]:

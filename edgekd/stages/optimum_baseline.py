@@ -19,10 +19,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from edgekd.artifact import MODEL_FILE, onnx_file_bytes
 from edgekd.errors import StageError, first_line
-from edgekd.recipe import Recipe
-from edgekd.stage import StageContext, StageResult, write_json
-from edgekd.stages.export import MODEL_FILE, export_onnx, onnx_file_bytes, package_versions
+from edgekd.recipe.schema import Recipe
+from edgekd.stages.base import StageBase, StageContext, StageResult
+from edgekd.stages.export import export_onnx, package_versions
+from edgekd.stages.runner import write_json
 
 SETTINGS_FILE = "baseline.json"
 # Optimum's documented dynamic-quantization example: AutoQuantizationConfig.avx512_vnni(is_static=False,
@@ -30,7 +32,7 @@ SETTINGS_FILE = "baseline.json"
 PRESET = {"preset": "avx512_vnni", "is_static": False, "per_channel": False}
 
 
-class OptimumBaselineStage:
+class OptimumBaselineStage(StageBase):
     """Distilled student -> optimum-onnx export -> ORTQuantizer avx512_vnni dynamic INT8."""
 
     name = "optimum_baseline"

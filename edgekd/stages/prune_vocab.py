@@ -32,19 +32,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from edgekd.artifact import SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, VOCAB_FILE
 from edgekd.data import load_splits
 from edgekd.errors import InputError, StageError
-from edgekd.recipe import PruneVocabSpec, Recipe
-from edgekd.stage import StageContext, StageResult, fingerprint_path, write_json
+from edgekd.recipe.schema import PruneVocabSpec, Recipe
+from edgekd.stages.base import StageBase, StageContext, StageResult
+from edgekd.stages.runner import fingerprint_path, write_json
 
-TOKENIZER_JSON = "tokenizer.json"
-VOCAB_TXT = "vocab.txt"
-TOKENIZER_CONFIG = "tokenizer_config.json"
-SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 EVAL_BATCH_SIZE = 64
 
 
-class PruneVocabStage:
+class PruneVocabStage(StageBase):
     """Distilled student -> the same student with only the vocabulary its training data needs."""
 
     name = "prune_vocab"
@@ -101,7 +99,7 @@ def read_wordpiece_tokenizer(folder: Path) -> dict[str, Any]:
     Raises:
         InputError: no tokenizer.json, or another tokenizer model (BPE, Unigram) that this stage cannot prune.
     """
-    path = folder / TOKENIZER_JSON
+    path = folder / TOKENIZER_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -122,7 +120,7 @@ def count_tokens(folder: Path, texts: Iterable[str]) -> Counter[int]:
     """How often each token id occurs in the texts, tokenized fully (no truncation, no special tokens)."""
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_JSON))
+    tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
     tokenizer.no_truncation()
     tokenizer.no_padding()
     counts: Counter[int] = Counter()
@@ -137,7 +135,7 @@ def special_token_ids(folder: Path, tokenizer_data: dict[str, Any]) -> set[int]:
     ids = {token["id"] for token in tokenizer_data.get("added_tokens", []) if token.get("special")}
     names = {tokenizer_data["model"].get("unk_token")}
     try:
-        special_map = json.loads((folder / SPECIAL_TOKENS_MAP).read_text(encoding="utf-8"))
+        special_map = json.loads((folder / SPECIAL_TOKENS_MAP_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         special_map = {}
     for value in special_map.values():
@@ -185,16 +183,16 @@ def prune_model_folder(source: Path, target: Path, keep: list[int], tokenizer_da
         if (
             path.is_file()
             and not (target / path.name).exists()
-            and path.name not in (TOKENIZER_JSON, VOCAB_TXT)
+            and path.name not in (TOKENIZER_FILE, VOCAB_FILE)
         ):
             shutil.copy2(path, target / path.name)
     pruned = prune_tokenizer_json(tokenizer_data, old_to_new)
-    write_json(target / TOKENIZER_JSON, pruned)
+    write_json(target / TOKENIZER_FILE, pruned)
     id_to_token = {token_id: token for token, token_id in pruned["model"]["vocab"].items()}
-    (target / VOCAB_TXT).write_text(
+    (target / VOCAB_FILE).write_text(
         "".join(f"{id_to_token[i]}\n" for i in range(len(id_to_token))), encoding="utf-8"
     )
-    remap_tokenizer_config(target / TOKENIZER_CONFIG, old_to_new)
+    remap_tokenizer_config(target / TOKENIZER_CONFIG_FILE, old_to_new)
 
 
 def prune_embeddings(source: Path, keep: list[int], old_to_new: dict[int, int]) -> Any:
@@ -283,7 +281,7 @@ def remap_tokenizer_config(path: Path, old_to_new: dict[int, int]) -> None:
 
 def size_metrics(source: Path, target: Path, vocab_before: int, vocab_after: int) -> dict[str, Any]:
     """Vocabulary sizes and the bytes of weights plus tokenizer files before and after."""
-    from edgekd.size import folder_size
+    from edgekd.artifact import folder_size
 
     before, after = folder_size(source, onnx=False), folder_size(target, onnx=False)
     return {
@@ -315,8 +313,8 @@ def retokenized_share(source: Path, target: Path, texts: list[str]) -> float:
     """Share of texts whose token sequence differs after pruning (compared as token strings)."""
     from tokenizers import Tokenizer
 
-    before = Tokenizer.from_file(str(source / TOKENIZER_JSON)).encode_batch(texts)
-    after = Tokenizer.from_file(str(target / TOKENIZER_JSON)).encode_batch(texts)
+    before = Tokenizer.from_file(str(source / TOKENIZER_FILE)).encode_batch(texts)
+    after = Tokenizer.from_file(str(target / TOKENIZER_FILE)).encode_batch(texts)
     changed = sum(1 for old, new in zip(before, after, strict=True) if old.tokens != new.tokens)
     return changed / max(len(texts), 1)
 

@@ -16,13 +16,13 @@ from edgekd.data import Splits, load_splits
 from edgekd.distributed import barrier, is_main_process, world_size
 from edgekd.errors import DataError, StageError
 from edgekd.models import build_from_config, load_classifier, model_labels, resolve_tokenizer
-from edgekd.recipe import Recipe, TeacherSpec
-from edgekd.stage import CHECKPOINTS_FOLDER, StageContext, StageResult, fingerprint_path
+from edgekd.recipe.schema import Recipe, TeacherSpec
+from edgekd.stages.base import StageBase, StageContext, StageResult
+from edgekd.stages.runner import CHECKPOINTS_FOLDER, fingerprint_path, last_checkpoint
 from edgekd.training import (
     accuracy_metric,
     choose_precision,
     finite_loss_trainer_class,
-    last_checkpoint,
     save_log_history,
     save_model_then_drop_checkpoints,
     seed_everything,
@@ -35,7 +35,7 @@ from edgekd.training import (
 RESULT_CHECKS = frozenset({"min_gain_over_majority_pts"})
 
 
-class TeacherStage:
+class TeacherStage(StageBase):
     name = "teacher"
     folder = "teacher"
     needs: tuple[str, ...] = ()

@@ -18,6 +18,8 @@ from typing import Any
 
 import psutil
 
+from edgekd.artifact import THREAD_ENV_VARS
+
 # Instruction-set extensions that decide which INT8/BF16 kernels the runtimes can use.
 CPU_FLAGS = (
     "avx2",
@@ -31,7 +33,6 @@ CPU_FLAGS = (
     "asimd",
 )
 LIBRARIES = ("torch", "transformers", "onnxruntime", "optimum", "optimum-onnx", "onnx", "numpy", "tokenizers")
-THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM")
 # What psutil raises where the OS withholds a fact (a sandbox without /proc, a platform it does not cover).
 _PSUTIL_FAILURES = (psutil.Error, OSError, RuntimeError)
 
@@ -130,7 +131,7 @@ def library_versions() -> dict[str, str | None]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    from edgekd import __version__
+    from edgekd._version import __version__
 
     versions["edgekd"] = __version__
     return versions

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edgekd.data import SUFFIXES, _read_records
 from edgekd.errors import DataError
-from edgekd.recipe import UnlabeledSpec
+from edgekd.recipe.schema import UnlabeledSpec
 
 TEXT_SUFFIXES = (*SUFFIXES, ".txt")
 

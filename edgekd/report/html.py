@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekd.report.schema import Gate, Report, Variant, as_report
+
 WIDTH, HEIGHT = 640, 340
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 70, 150, 36, 50
 # Colour-blind-safe palette (Okabe-Ito), one colour per model or curve.
@@ -69,7 +71,7 @@ def read_training_logs(paths: Mapping[str, Path]) -> dict[str, list[dict[str, An
 
 
 def write_report_html(
-    report: Mapping[str, Any],
+    report: Report | Mapping[str, Any],
     path: str | Path,
     training_logs: Mapping[str, list[dict[str, Any]]] | None = None,
 ) -> None:
@@ -77,10 +79,13 @@ def write_report_html(
     Path(path).write_text(render_report_html(report, training_logs or {}), encoding="utf-8")
 
 
-def render_report_html(report: Mapping[str, Any], training_logs: Mapping[str, list[dict[str, Any]]]) -> str:
+def render_report_html(
+    report: Report | Mapping[str, Any], training_logs: Mapping[str, list[dict[str, Any]]]
+) -> str:
     """The page as a string: verdict, tables, then the charts."""
-    variants = list(report.get("variants", []))
-    colors = {v["name"]: PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
+    report = as_report(report)
+    variants = report.variants
+    colors = {v.name: PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
     charts = [
         _figure(
             pareto_chart(variants, colors),
@@ -95,23 +100,23 @@ def render_report_html(report: Mapping[str, Any], training_logs: Mapping[str, li
         _figure(sequence_length_chart(variants, colors), "Batch-1 p50 latency on token-exact inputs."),
     ]
     charts += [_figure(chart, caption) for chart, caption in training_charts(training_logs)]
-    title = f"edgekd sign-off report: {report.get('recipe', '')}"
+    title = f"edgekd sign-off report: {report.recipe or ''}"
     body = [
         f"<h1>{_esc(title)}</h1>",
         _verdict_html(report),
-        f"<p class='muted'>edgekd {_esc(report.get('edgekd_version', '?'))}, generated "
-        f"{_esc(report.get('created_utc', '?'))}; reference <b>{_esc(report.get('reference', ''))}</b>, "
-        f"candidate <b>{_esc(report.get('candidate', ''))}</b></p>",
+        f"<p class='muted'>edgekd {_esc(_or(report.edgekd_version, '?'))}, generated "
+        f"{_esc(_or(report.created_utc, '?'))}; reference <b>{_esc(_or(report.reference, ''))}</b>, "
+        f"candidate <b>{_esc(_or(report.candidate, ''))}</b></p>",
         "<h2>Models</h2>",
         _variants_table(variants),
         "<h2>Gates</h2>",
-        _gates_table(report.get("gates", [])),
+        _gates_table(report.gates),
         "<h2>Charts</h2>",
         "<div class='charts'>" + "".join(c for c in charts if c) + "</div>",
         "<h2>Setup</h2>",
         _setup_html(report),
     ]
-    warnings = report.get("warnings") or []
+    warnings = report.warnings
     if warnings:
         body += ["<h2>Warnings</h2>", "<ul>" + "".join(f"<li>{_esc(w)}</li>" for w in warnings) + "</ul>"]
     return (
@@ -138,17 +143,20 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
 
 
-def pareto_chart(variants: Sequence[Mapping[str, Any]], colors: Mapping[str, str]) -> str:
+def pareto_chart(variants: Sequence[Variant], colors: Mapping[str, str]) -> str:
     """Accuracy against p50 latency, one dot per model, with the Pareto front as a line."""
     measured = [
-        v for v in variants if _is_num(v.get("accuracy")) and _is_num((v.get("latency_ms") or {}).get("p50"))
+        (v.name, (float(v.latency_ms.p50), float(v.accuracy) * 100))
+        for v in variants
+        if v.latency_ms is not None and v.accuracy is not None
+        if _is_num(v.latency_ms.p50) and _is_num(v.accuracy)
     ]
     if not measured:
         return ""
-    points = [(float(v["latency_ms"]["p50"]), float(v["accuracy"]) * 100) for v in measured]
+    points = [point for _, point in measured]
     front = [points[i] for i in pareto_front(points)]
     series = [Series("Pareto front", front, "#999999")] if len(front) > 1 else []
-    series += [Series(str(v["name"]), [p], colors[v["name"]]) for v, p in zip(measured, points, strict=True)]
+    series += [Series(name, [point], colors[name]) for name, point in measured]
     return line_chart(
         "chart-pareto",
         "Accuracy vs p50 latency (Pareto front)",
@@ -160,32 +168,28 @@ def pareto_chart(variants: Sequence[Mapping[str, Any]], colors: Mapping[str, str
     )
 
 
-def size_chart(variants: Sequence[Mapping[str, Any]], colors: Mapping[str, str]) -> str:
+def size_chart(variants: Sequence[Variant], colors: Mapping[str, str]) -> str:
     """Horizontal bars: deployed size in MB per model."""
-    items = [(str(v["name"]), v["size_bytes"] / 1e6) for v in variants if _is_num(v.get("size_bytes"))]
+    items = [(v.name, v.size_bytes / 1e6) for v in variants if v.size_bytes is not None]
     if not items:
         return ""
     return bar_chart("chart-size", "Size on disk, MB", items, colors, "MB")
 
 
-def latency_box_chart(variants: Sequence[Mapping[str, Any]], colors: Mapping[str, str]) -> str:
+def latency_box_chart(variants: Sequence[Variant], colors: Mapping[str, str]) -> str:
     """One horizontal box per model from its latency box statistics."""
-    boxes = [(str(v["name"]), v["latency_box_ms"]) for v in variants if v.get("latency_box_ms")]
+    boxes = [(v.name, v.latency_box_ms.model_dump()) for v in variants if v.latency_box_ms is not None]
     if not boxes:
         return ""
     return box_chart("chart-latency-dist", "Latency distribution, ms (batch 1)", boxes, colors)
 
 
-def sequence_length_chart(variants: Sequence[Mapping[str, Any]], colors: Mapping[str, str]) -> str:
+def sequence_length_chart(variants: Sequence[Variant], colors: Mapping[str, str]) -> str:
     """p50 latency against input length in tokens, one line per model."""
     series = [
-        Series(
-            str(v["name"]),
-            [(float(r["tokens"]), float(r["p50"])) for r in v["latency_by_length_ms"]],
-            colors[v["name"]],
-        )
+        Series(v.name, [(float(r.tokens), float(r.p50)) for r in v.latency_by_length_ms], colors[v.name])
         for v in variants
-        if v.get("latency_by_length_ms")
+        if v.latency_by_length_ms
     ]
     if not series:
         return ""
@@ -465,9 +469,9 @@ def box_chart(
 # Tables and text
 
 
-def _verdict_html(report: Mapping[str, Any]) -> str:
-    gates = report.get("gates", [])
-    failed = [g["name"] for g in gates if not g["passed"]]
+def _verdict_html(report: Report) -> str:
+    gates = report.gates
+    failed = report.failed_gates
     if not gates:
         return "<p class='verdict pass'>PASS (no gates set: nothing was checked)</p>"
     if failed:
@@ -475,7 +479,7 @@ def _verdict_html(report: Mapping[str, Any]) -> str:
     return f"<p class='verdict pass'>PASS: all {len(gates)} gates passed</p>"
 
 
-def _variants_table(variants: Sequence[Mapping[str, Any]]) -> str:
+def _variants_table(variants: Sequence[Variant]) -> str:
     header = [
         "model",
         "format",
@@ -491,59 +495,59 @@ def _variants_table(variants: Sequence[Mapping[str, Any]]) -> str:
     ]
     rows = []
     for v in variants:
-        latency = v.get("latency_ms") or {}
-        diff = (v.get("accuracy_diff_vs_reference_pts") or {}).get("diff")
+        latency = v.latency_ms
+        diff = v.accuracy_diff_vs_reference_pts.diff if v.accuracy_diff_vs_reference_pts else None
         rows.append(
             [
-                str(v.get("name")),
-                str(v.get("format", "")),
-                _fmt(v.get("accuracy"), 4),
-                f"{diff:+.2f}" if _is_num(diff) else "–",
-                _fmt(v["size_bytes"] / 1e6 if _is_num(v.get("size_bytes")) else None, 2),
-                _fmt(v.get("compression"), 2, "x"),
-                _fmt(latency.get("p50"), 3),
-                _fmt(latency.get("p90"), 3),
-                _fmt(latency.get("p99"), 3),
-                _fmt(v.get("speedup_p50"), 2, "x"),
-                _fmt(v.get("peak_rss_mb"), 1),
+                v.name,
+                v.format or "",
+                _fmt(v.accuracy, 4),
+                f"{diff:+.2f}" if diff is not None and _is_num(diff) else "–",
+                _fmt(v.size_bytes / 1e6 if v.size_bytes is not None else None, 2),
+                _fmt(v.compression, 2, "x"),
+                _fmt(latency.p50 if latency else None, 3),
+                _fmt(latency.p90 if latency else None, 3),
+                _fmt(latency.p99 if latency else None, 3),
+                _fmt(v.speedup_p50, 2, "x"),
+                _fmt(v.peak_rss_mb, 1),
             ]
         )
     return _table(header, rows)
 
 
-def _gates_table(gates: Sequence[Mapping[str, Any]]) -> str:
+def _gates_table(gates: Sequence[Gate]) -> str:
     if not gates:
         return "<p class='muted'>No gates are set.</p>"
     rows = [
         [
-            str(g["name"]),
-            f"{g.get('comparison', '')} {g['limit']:.4g} {g.get('unit', '')}",
-            f"{g['value']:.4g} {g.get('unit', '')}",
-            "PASS" if g["passed"] else "FAIL",
-            str(g.get("description", "")),
+            g.name,
+            f"{g.comparison or ''} {g.limit:.4g} {g.unit or ''}",
+            f"{g.value:.4g} {g.unit or ''}",
+            "PASS" if g.passed else "FAIL",
+            g.description or "",
         ]
         for g in gates
     ]
     return _table(["gate", "limit", "value", "result", "measured as"], rows)
 
 
-def _setup_html(report: Mapping[str, Any]) -> str:
-    env = report.get("environment", {})
-    cpu = env.get("cpu", {})
-    bench = report.get("benchmark", {})
-    versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v)
-    flags = ", ".join(k for k, v in (cpu.get("flags") or {}).items() if v) or "none of note"
-    others = env.get("other_processes_cores") or {}
+def _setup_html(report: Report) -> str:
+    env = report.environment
+    cpu = env.cpu
+    bench = report.benchmark
+    versions = ", ".join(f"{k} {v}" for k, v in env.versions.items() if v)
+    flags = ", ".join(k for k, v in cpu.flags.items() if v) or "none of note"
+    others = env.other_processes_cores
     items = [
-        f"CPU: {cpu.get('model', '?')}; {cpu.get('usable_cores', '?')} usable cores; flags: {flags}",
+        f"CPU: {_or(cpu.model, '?')}; {_or(cpu.usable_cores, '?')} usable cores; flags: {flags}",
         f"Libraries: {versions}",
-        f"Load average before: {env.get('load_average')}; after: {env.get('load_average_after')}",
-        f"Cores used by other processes: {others.get('at_start', '?')} at the start, "
-        f"{others.get('during', '?')} on average during the benchmark",
-        f"Threads: {bench.get('threads')} per model for latency; throughput on "
-        f"{(env.get('threads') or {}).get('throughput_threads')}",
-        f"Latency: {bench.get('latency_samples')} batch-1 requests per model in {bench.get('interleaved_rounds')} "
-        f"interleaved rounds after {bench.get('warmup')} warm-up requests; max_length {bench.get('max_length')}",
+        f"Load average before: {env.load_average}; after: {env.load_average_after}",
+        f"Cores used by other processes: {_or(others.at_start if others else None, '?')} at the start, "
+        f"{_or(others.during if others else None, '?')} on average during the benchmark",
+        f"Threads: {bench.threads} per model for latency; throughput on "
+        f"{env.threads.throughput_threads if env.threads else None}",
+        f"Latency: {bench.latency_samples} batch-1 requests per model in {bench.interleaved_rounds} "
+        f"interleaved rounds after {bench.warmup} warm-up requests; max_length {bench.max_length}",
     ]
     return "<ul>" + "".join(f"<li>{_esc(item)}</li>" for item in items) + "</ul>"
 
@@ -556,6 +560,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _or(value: Any, default: str) -> str:
+    return default if value is None else str(value)
 
 
 def _is_num(value: Any) -> bool:

@@ -20,29 +20,27 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from edgekd.cli.data_columns import (
+    column_names,
+    data_files,
+    dict_records,
+    is_class,
+    pick_label_column,
+    pick_text_column,
+    train_rows,
+)
 from edgekd.data import (
-    SPLIT_ALIASES,
     SUFFIXES,
     TEST_FRACTION,
     read_labels_file,
-    read_records,
-    split_file,
 )
 from edgekd.errors import DataError, EdgekdError, InputError
-from edgekd.recipe import NAME_PATTERN, DataSpec, load_recipe
+from edgekd.recipe.load import load_recipe
+from edgekd.recipe.schema import NAME_PATTERN, DataSpec
 
-# Column names people give texts and classes, most telling first (compared case-insensitively).
-TEXT_NAMES = ("text", "sentence", "utterance", "query", "content", "review", "document")
-LABEL_NAMES = ("label", "labels", "intent", "category", "class", "target", "topic")
-# A column with more distinct values than this is an id or free text, not a set of classes.
-MAX_CLASSES = 1000
-# A column is text-like when at least this share of its rows hold a string with a letter in it (CSV makes every
-# value a string, so "is a string" alone would take ids and numbers for text).
-TEXT_SHARE = 0.5
 # WordPiece splits rare words and punctuation off: about 1.3 tokens per English word.
 TOKENS_PER_WORD = 1.3
 LENGTH_PERCENTILE = 0.95
@@ -150,15 +148,15 @@ def inspect_data(data: Path, text_column: str | None = None, label_column: str |
     Raises:
         DataError: see `init_recipe`.
     """
-    source, files = _data_files(data)
-    records = {split: _dict_records(path) for split, path in files.items()}
+    source, files = data_files(data)
+    records = {split: dict_records(path) for split, path in files.items()}
     first_path = files.get("train") or next(iter(files.values()))
     first = records.get("train") or next(iter(records.values()))
-    columns = _columns(first)
-    text, text_reason = _pick_text_column(first, columns, first_path, text_column)
-    label, label_reason = _pick_label_column(first, columns, text, first_path, label_column)
+    columns = column_names(first)
+    text, text_reason = pick_text_column(first, columns, first_path, text_column)
+    label, label_reason = pick_label_column(first, columns, text, first_path, label_column)
     every_row = [row for rows in records.values() for row in rows]
-    class_counts = Counter(str(row[label]) for row in every_row if _is_class(row.get(label)))
+    class_counts = Counter(str(row[label]) for row in every_row if is_class(row.get(label)))
     names_file = read_labels_file(source) if source.is_dir() else None
     classes = names_file or sorted(class_counts)
     if len(classes) < 2:
@@ -176,10 +174,10 @@ def inspect_data(data: Path, text_column: str | None = None, label_column: str |
         text_reason=text_reason,
         label_reason=label_reason,
         rows=len(every_row),
-        train_rows=_train_rows(records),
+        train_rows=train_rows(records),
         classes=classes,
         class_counts=class_counts,
-        unlabelled_rows=sum(1 for row in every_row if not _is_class(row.get(label))),
+        unlabelled_rows=sum(1 for row in every_row if not is_class(row.get(label))),
         labels_file=names_file is not None,
         words_p95=p95,
         max_length=choose_max_length(p95),
@@ -214,150 +212,6 @@ def name_from_data(data: Path) -> str:
 
 # ----------------------------------------------------------------------------------------------------------
 # Reading the data
-
-
-def _data_files(data: Path) -> tuple[Path, dict[str, Path]]:
-    """(what data.path names, the files to read by split; "all" for a single file)."""
-    if data.is_file():
-        if not data.name.endswith(SUFFIXES):
-            raise DataError(
-                f"{data}: not a data file edgekd reads", hint=f"pass a file ending in {', '.join(SUFFIXES)}"
-            )
-        return data, {"all": data}
-    if not data.is_dir():
-        raise DataError(
-            f"data not found: {data}",
-            hint="pass --data a data file (.csv, .jsonl, .json, .parquet) or a folder with train and test files",
-        )
-    splits = {split: path for split in SPLIT_ALIASES if (path := split_file(data, split)) is not None}
-    if "train" in splits and "test" in splits:
-        return data, splits
-    found = sorted(p for p in data.iterdir() if p.is_file() and p.name.endswith(SUFFIXES))
-    if not found:
-        raise DataError(
-            f"{data}: no data files in the folder (none ending in {', '.join(SUFFIXES)})",
-            hint="pass --data a data file, or a folder with train and test files (train.csv and test.csv)",
-        )
-    if not splits and len(found) == 1:
-        return found[0], {"all": found[0]}
-    if "train" in splits:
-        raise DataError(
-            f"{data}: the folder has a train file but no test file",
-            hint=f"add a test file, or pass --data {splits['train']} alone: edgekd then holds out "
-            f"{TEST_FRACTION:.0%} of its rows for testing",
-        )
-    if "test" in splits:
-        raise DataError(f"{data}: the folder has a test file but no train file", hint="add a train file")
-    names = ", ".join(p.name for p in found[:5]) + (" ..." if len(found) > 5 else "")
-    raise DataError(
-        f"{data}: {len(found)} data files, none named train or test ({names})",
-        hint="name them train.<ext> and test.<ext>, or pass --data one file with every labelled row",
-    )
-
-
-def _dict_records(path: Path) -> list[dict[Any, Any]]:
-    records = read_records(path)
-    for i, record in enumerate(records, start=1):
-        if not isinstance(record, dict):
-            raise DataError(
-                f"{path}: row {i} is not an object with named columns",
-                hint='give each row named columns, e.g. {"text": "...", "label": "..."}',
-            )
-    return records
-
-
-def _columns(records: list[dict[Any, Any]]) -> list[str]:
-    """Column names in the order they first appear (csv's None key for surplus fields left out)."""
-    seen: dict[str, None] = {}
-    for record in records:
-        for key in record:
-            if isinstance(key, str):
-                seen.setdefault(key, None)
-    return list(seen)
-
-
-def _pick_text_column(
-    records: list[dict[Any, Any]], columns: list[str], path: Path, given: str | None
-) -> tuple[str, str]:
-    if given is not None:
-        _check_column(given, columns, path, "--text-column")
-        return given, "given with --text-column"
-    textlike = [c for c in columns if _text_share(records, c) >= TEXT_SHARE]
-    named = _first_named(textlike, TEXT_NAMES)
-    if named is not None:
-        return named, "detected by its name"
-    candidates = [c for c in textlike if c.strip().lower() not in LABEL_NAMES]
-    if not candidates:
-        raise DataError(
-            f"{path}: no column of texts found (columns: {_listed(columns)})",
-            hint="give the file a column of texts (named e.g. 'text'), or name it with --text-column",
-        )
-    longest = max(candidates, key=lambda c: _mean_length(records, c))
-    return longest, "detected as the column with the longest texts"
-
-
-def _pick_label_column(
-    records: list[dict[Any, Any]], columns: list[str], text: str, path: Path, given: str | None
-) -> tuple[str, str]:
-    if given is not None:
-        _check_column(given, columns, path, "--label-column")
-        return given, "given with --label-column"
-    others = [c for c in columns if c != text]
-    named = _first_named(others, LABEL_NAMES)
-    if named is not None:
-        return named, "detected by its name"
-    limit = min(MAX_CLASSES, max(2, len(records) // 2))
-    distinct = {c: len({str(r[c]) for r in records if _is_class(r.get(c))}) for c in others}
-    candidates = [c for c in others if 2 <= distinct[c] <= limit and _all_scalar(records, c)]
-    if not candidates:
-        raise DataError(
-            f"{path}: no column of classes found (columns: {_listed(columns)})",
-            hint="give the file a column of class names (named e.g. 'label'), or name it with --label-column",
-        )
-    fewest = min(candidates, key=lambda c: distinct[c])
-    return fewest, "detected as the column with the fewest distinct values"
-
-
-def _check_column(column: str, columns: list[str], path: Path, option: str) -> None:
-    if column not in columns:
-        close = difflib.get_close_matches(column, columns, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"pass {option} one of the file's columns"
-        raise DataError(f"{path}: no column '{column}' (columns: {_listed(columns)})", hint=hint)
-
-
-def _first_named(columns: list[str], names: Sequence[str]) -> str | None:
-    by_name = {c.strip().lower(): c for c in reversed(columns)}
-    return next((by_name[n] for n in names if n in by_name), None)
-
-
-def _text_share(records: list[dict[Any, Any]], column: str) -> float:
-    texts = sum(1 for r in records if isinstance(v := r.get(column), str) and any(ch.isalpha() for ch in v))
-    return texts / len(records)
-
-
-def _mean_length(records: list[dict[Any, Any]], column: str) -> float:
-    lengths = [len(v) for r in records if isinstance(v := r.get(column), str)]
-    return sum(lengths) / max(1, len(lengths))
-
-
-def _all_scalar(records: list[dict[Any, Any]], column: str) -> bool:
-    return not any(isinstance(r.get(column), (list, dict)) for r in records)
-
-
-def _is_class(value: Any) -> bool:
-    return value is not None and not isinstance(value, (list, dict)) and str(value).strip() != ""
-
-
-def _listed(columns: list[str]) -> str:
-    return ", ".join(repr(c) for c in columns) or "none"
-
-
-def _train_rows(records: dict[str, list[dict[Any, Any]]]) -> int:
-    """Rows the teacher trains on, estimated the way `load_splits` holds rows out."""
-    rest = len(records["all"]) * (1 - TEST_FRACTION) if "all" in records else len(records["train"])
-    if "validation" not in records:
-        rest *= 1 - _VALIDATION_FRACTION
-    return round(rest)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -568,7 +422,7 @@ def _write_checked(text: str, output: Path) -> None:
 
 def examples_root() -> Path:
     """The shipped examples: inside the installed package (a wheel), else the checkout's recipes/ folder."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # edgekd/
     packaged = package / "examples"
     return packaged if packaged.is_dir() else package.parent / "recipes"
 

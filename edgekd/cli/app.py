@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from edgekd import __version__
+from edgekd._version import __version__
+from edgekd.artifact import MODEL_FILE
 from edgekd.errors import EdgekdError, GateFailed
+
+if TYPE_CHECKING:
+    from edgekd.report.schema import Report
 
 app = typer.Typer(
     name="edgekd",
@@ -51,13 +56,19 @@ def compress(
     """Run a recipe end to end: teacher → distill → export → quantize → benchmark report."""
     from edgekd.distributed import is_main_process
     from edgekd.pipeline import compress as run_compress
+    from edgekd.report.schema import as_report
 
-    report = run_compress(recipe, overrides=overrides, output_dir=output_dir, force=force, log=_log)
+    result = run_compress(recipe, overrides=overrides, output_dir=output_dir, force=force, log=_log)
+    run_dir = Path(result["run_dir"]) if result.get("run_dir") else None
+    report = as_report(result)
     if is_main_process():  # under torchrun one table, not one per process
-        run_dir = Path(report["run_dir"]) if report.get("run_dir") else None
-        print_summary(report, ship=shipped_folder(run_dir) if run_dir else None)
-    if not report.get("passed", False):
-        failed = [g["name"] for g in report.get("gates", []) if not g["passed"]]
+        print_summary(
+            report,
+            report_dir=run_dir / "report" if run_dir else None,
+            ship=shipped_folder(run_dir) if run_dir else None,
+        )
+    if not report.passed:
+        failed = report.failed_gates
         raise GateFailed(
             f"sign-off gate(s) failed: {', '.join(failed)}", hint="see the report for the numbers"
         )
@@ -107,8 +118,8 @@ def init(
 ) -> None:
     """Write a commented recipe for your data (columns, classes, max_length, student, gates), or copy a
     shipped example with its data. Then: edgekd validate RECIPE, edgekd compress RECIPE."""
+    from edgekd.cli.scaffold import DEFAULT_OUTPUT, init_recipe, write_example
     from edgekd.errors import InputError
-    from edgekd.scaffold import DEFAULT_OUTPUT, init_recipe, write_example
 
     if data is not None and example is None:
         path = init_recipe(
@@ -187,13 +198,13 @@ def benchmark(
     ] = None,
 ) -> None:
     """Benchmark any model folders on a dataset: report.json, report.md and report.html (exit 3 on a failed gate)."""
-    from edgekd.bench import harness
+    from edgekd.bench.harness import benchmark_folders
+    from edgekd.bench.inputs import check_request_counts, data_spec_for, models_from_folders, parse_gates
+    from edgekd.bench.spec import HarnessSettings
 
-    models = harness.models_from_folders(model_dirs, names.split(",") if names else None)
-    spec = harness.data_spec_for(
-        data, max_length, labels.split(",") if labels else None, text_column, label_column
-    )
-    settings = harness.HarnessSettings(
+    models = models_from_folders(model_dirs, names.split(",") if names else None)
+    spec = data_spec_for(data, max_length, labels.split(",") if labels else None, text_column, label_column)
+    settings = HarnessSettings(
         threads=threads,
         latency_samples=samples,
         warmup=warmup,
@@ -201,14 +212,14 @@ def benchmark(
         max_length=max_length,
         seed=seed,
     )
-    harness.check_request_counts(settings)
-    gates = harness.parse_gates(gate or [])
-    report = harness.benchmark_folders(
+    check_request_counts(settings)
+    gates = parse_gates(gate or [])
+    report = benchmark_folders(
         models, spec, output_dir, settings, gates, title="benchmark", candidate=candidate, log=_log, lock=True
     )
     print_summary(report, report_dir=output_dir)
-    if not report["passed"]:
-        failed = [g["name"] for g in report["gates"] if not g["passed"]]
+    if not report.passed:
+        failed = report.failed_gates
         raise GateFailed(
             f"sign-off gate(s) failed: {', '.join(failed)}", hint="see the report for the numbers"
         )
@@ -220,7 +231,7 @@ def compare(
     report_b: Annotated[Path, typer.Argument(help="The report to compare with the first.")],
 ) -> None:
     """Show what changed between two benchmark reports, per model and in the environment."""
-    from edgekd.compare import compare_reports, print_comparison
+    from edgekd.report.compare import compare_reports, print_comparison
 
     print_comparison(compare_reports(report_a, report_b), out)
 
@@ -245,38 +256,41 @@ def predict(
 
     Texts longer than the model's max_length are truncated (one note says so).
     """
-    from edgekd.predict import predict_command  # torch-free: numpy, onnxruntime, tokenizers
+    from edgekd.cli.predict import predict_command  # torch-free: numpy, onnxruntime, tokenizers
 
     predict_command(
         folder, texts or [], file, threads, batch_size, as_json, echo=lambda line: print(line), note=_log
     )
 
 
-def print_summary(report: dict[str, Any], report_dir: Path | None = None, ship: Path | None = None) -> None:
+def print_summary(
+    report: Report | Mapping[str, Any], report_dir: Path | None = None, ship: Path | None = None
+) -> None:
     """The end-of-run table (each variant against the reference), then the verdict, what to ship, where to read."""
-    from edgekd.report import summary_rows
+    from edgekd.report.markdown import summary_rows
+    from edgekd.report.schema import as_report
 
-    table = Table(title=f"edgekd report: {report.get('recipe', '')}")
+    report = as_report(report)
+    table = Table(title=f"edgekd report: {report.recipe or ''}")
     for column in ("variant", "accuracy", "size MB", "p50 ms", "p90 ms", "speed-up", "compression"):
         table.add_column(column, justify="left" if column == "variant" else "right")
     for row in summary_rows(report):
         table.add_row(*[str(cell) for cell in row])
     out.print(table)
-    for gate in report.get("gates", []):
-        mark = "[green]PASS[/green]" if gate["passed"] else "[red]FAIL[/red]"
-        out.print(f"  {mark} {gate['name']}: {gate['value']:.4g} (limit {gate['limit']:.4g})")
+    for gate in report.gates:
+        mark = "[green]PASS[/green]" if gate.passed else "[red]FAIL[/red]"
+        out.print(f"  {mark} {gate.name}: {gate.value:.4g} (limit {gate.limit:.4g})")
     out.print(verdict_line(report))
     if ship is not None:
         out.print(Text(f"ship:    {ship}"), highlight=False)
-    report_dir = report_dir or (Path(report["run_dir"]) / "report" if report.get("run_dir") else None)
     if report_dir is not None:
         out.print(Text(f"report:  {report_dir / 'report.html'}  (also report.md)"), highlight=False)
 
 
-def verdict_line(report: dict[str, Any]) -> Text:
+def verdict_line(report: Report) -> Text:
     """One line a person or a script can read the sign-off from."""
-    gates = report.get("gates", [])
-    failed = [gate["name"] for gate in gates if not gate["passed"]]
+    gates = report.gates
+    failed = report.failed_gates
     if not gates:
         return Text("verdict: no gates set, nothing was checked", style="yellow")
     if failed:
@@ -289,7 +303,7 @@ def verdict_line(report: dict[str, Any]) -> Text:
 def shipped_folder(run_dir: Path) -> Path | None:
     """The folder a run ships: the quantized model where the recipe quantizes, else the exported one."""
     for stage in ("quantize", "export"):
-        if (run_dir / stage / "model.onnx").is_file():
+        if (run_dir / stage / MODEL_FILE).is_file():
             return run_dir / stage
     return None
 

@@ -19,7 +19,7 @@ from edgekd.errors import MissingDependencyError, StageError
 if TYPE_CHECKING:
     import optuna
 
-    from edgekd.recipe import SearchSpec
+    from edgekd.recipe.schema import SearchSpec
 
 # A trial's training: (sampled params, extra Trainer callbacks) -> (trained student, metrics with
 # "validation_accuracy").

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edgekd.errors import InputError
-from edgekd.losses import uniform_layer_map
+from edgekd.stages.distill.losses import uniform_layer_map
 
 if TYPE_CHECKING:
     import torch
 
     from edgekd.data import Splits
-    from edgekd.recipe import LossesSpec, Recipe
+    from edgekd.recipe.schema import LossesSpec, Recipe
 
 
 @dataclass(frozen=True)
@@ -374,7 +374,7 @@ def intermediate_losses(
     The teacher's tensors come from inference mode; `clone()` turns them into ordinary tensors that autograd
     may save for the backward pass (inference tensors cannot be saved).
     """
-    from edgekd.losses import attention_kl, hidden_state_mse
+    from edgekd.stages.distill.losses import attention_kl, hidden_state_mse
 
     parts: dict[str, torch.Tensor] = {}
     if plan.needs_hidden:

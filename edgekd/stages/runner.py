@@ -1,8 +1,4 @@
-"""The stage contract and the runner that caches stages and writes them atomically.
-
-A stage is anything with a `name`, the names of the stages it reads (`needs`), a `params(recipe)` method giving
-what its output depends on, and `run(ctx, out_dir) -> StageResult`. It reads earlier stages' folders from
-`ctx.inputs` and writes only into `out_dir`. The runner:
+"""The runner that caches stages and writes them atomically (the contract itself is in `stages/base.py`). It:
 
 * keys the stage by a hash of its params, its inputs' keys and the fingerprint of local files it reads, and
   skips it when `<run>/<stage>/stage.json` holds the same key (`force` re-runs it);
@@ -24,15 +20,15 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
-from edgekd import __version__
+from edgekd._version import __version__
 from edgekd.distributed import barrier, is_main_process, main_process_first
 from edgekd.errors import EdgekdError, ResourceError, StageError, resource_error
-from edgekd.recipe import Recipe
+from edgekd.recipe.schema import Recipe
+from edgekd.stages.base import Stage, StageContext, StageResult
 
 STAGE_FILE = "stage.json"
 PARTIAL_MARKER = ".key"  # in a partial folder: the stage key it is being built for
@@ -42,39 +38,13 @@ BOOKKEEPING_FILES = (PARTIAL_MARKER, INVOCATION_FILE)
 # Training stages keep their Trainer checkpoints here; the only part of a partial folder worth keeping when the
 # disk fills up (see `keep_only_checkpoints`).
 CHECKPOINTS_FOLDER = "checkpoints"
+# What `Trainer.train(resume_from_checkpoint=...)` reads (safetensors weights: save_safetensors=True).
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
 # Every run folder gets this file before its first stage runs: a folder holding it is an edgekd run folder.
 RUN_FOLDER_MARKER = "recipe.resolved.yaml"
 # Files up to this size are hashed again whenever a finished stage is reused; larger ones (model weights) are
 # checked by size only, so reusing a 400 MB teacher costs a stat, not a read.
 REHASHED_BYTES = 1 << 20
-
-
-@dataclass
-class StageContext:
-    """What a stage may read: the recipe, the run folder and the finished folders of the stages it needs."""
-
-    recipe: Recipe
-    run_dir: Path
-    inputs: dict[str, Path]
-    log: Callable[[str], None] = print
-
-
-@dataclass
-class StageResult:
-    """What a stage reports back; `metrics` lands in stage.json and can be read by later stages."""
-
-    metrics: dict[str, Any] = field(default_factory=dict)
-    summary: str = ""
-
-
-class Stage(Protocol):
-    name: str
-    folder: str
-    needs: tuple[str, ...]
-
-    def params(self, recipe: Recipe) -> dict[str, Any]: ...
-
-    def run(self, ctx: StageContext, out_dir: Path) -> StageResult: ...
 
 
 def stable_hash(obj: Any) -> str:
@@ -229,8 +199,10 @@ def run_stage(
     *,
     force: bool = False,
     log: Callable[[str], None] = print,
+    upstream: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[str, dict[str, Any], bool]:
-    """Run one stage unless an identical finished run is on disk.
+    """Run one stage unless an identical finished run is on disk. `upstream`: the records of the stages that ran
+    before it in the chain, handed to the stage in its context.
 
     Returns:
         (key, stage.json content, whether it was skipped)
@@ -260,13 +232,14 @@ def run_stage(
     except OSError as exc:
         raise _write_failure(exc, stage, run_dir, final) from None
 
-    ctx = StageContext(recipe=recipe, run_dir=run_dir, inputs={n: run_dir / n for n in stage.needs}, log=log)
+    inputs = {n: run_dir / n for n in stage.needs}
+    ctx = StageContext(recipe=recipe, run_dir=run_dir, inputs=inputs, log=log, upstream=dict(upstream or {}))
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     # On failure the partial folder stays (marked with its key) so a re-run can resume from checkpoints;
     # it never looks finished because it is not at its final name.
     # Stages that are not multi-process aware (export, quantize, benchmark) run on rank 0 alone.
-    runs_here = is_main_process() or getattr(stage, "distributed", False)
+    runs_here = is_main_process() or stage.distributed
     try:
         result = stage.run(ctx, tmp) if runs_here else StageResult()
     except ResourceError:
@@ -365,8 +338,6 @@ def keep_only_checkpoints(tmp: Path) -> None:
     """What stays of a partial folder when the disk filled up: its complete training checkpoints (and its key),
     so freeing space and running the same command resumes training; everything else is deleted to give the
     space back. A folder with no complete checkpoint has nothing worth keeping and goes entirely."""
-    from edgekd.training import last_checkpoint
-
     if not is_main_process() or not tmp.is_dir():
         return  # under torchrun rank 0 alone tidies the run folder
     if last_checkpoint(tmp / CHECKPOINTS_FOLDER) is None:  # it also deletes half-written checkpoints
@@ -511,3 +482,46 @@ def require_file(path: Path, what: str) -> Path:
     if not path.exists():
         raise EdgekdError(f"{what} is missing: {path}", hint="re-run with --force to rebuild the run")
     return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Trainer checkpoints a stage resumes from (kept in `<stage>.partial/checkpoints` across interruptions)
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    """The newest *complete* Trainer checkpoint in `folder`, if an interrupted run left one (to resume from it).
+
+    A run killed while the Trainer saved leaves a checkpoint folder with only some of its files, and
+    `transformers.trainer_utils.get_last_checkpoint` would pick it by number alone and fail to load it. Such
+    folders are deleted, so the Trainer's checkpoint rotation never counts them either.
+    """
+    if not folder.is_dir():
+        return None
+    newest = None
+    for _step, path in sorted(_numbered_checkpoints(folder)):
+        if is_complete_checkpoint(path):
+            newest = path
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    return str(newest) if newest else None
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """Whether every file a resume needs is there. The Trainer writes trainer_state.json last, so a readable
+    one means the weights, optimizer and scheduler before it were written in full."""
+    if not all((path / name).is_file() for name in CHECKPOINT_FILES):
+        return False
+    try:
+        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _numbered_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in folder.glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if path.is_dir() and suffix.isdigit():
+            found.append((int(suffix), path))
+    return found

@@ -27,10 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from edgekd.artifact import FEEDABLE_INPUTS, feeds_from_encodings
 from edgekd.errors import StageError
 from edgekd.runtime import check_graph_inputs, create_session, load_tokenizer
 
 EVAL_BATCH_SIZE = 32
+# Every input a text classifier's graph may declare, fed as int64 (the type check_graph_inputs accepts).
+INT64_FEEDS = {name: np.int64 for name in FEEDABLE_INPUTS}
 # Node types with a weight the quantizer turns into INT8, and the input position of that weight (Gather and
 # EmbedLayerNormalization hold embedding tables).
 WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Attention": 1, "Gather": 0, "EmbedLayerNormalization": 2}
@@ -109,13 +112,7 @@ class OnnxEvaluator:
         self.batches: list[dict[str, np.ndarray]] = []
         for start in range(0, len(texts), EVAL_BATCH_SIZE):
             encodings = tokenizer.encode_batch(texts[start : start + EVAL_BATCH_SIZE])
-            self.batches.append(
-                {
-                    "input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64),
-                    "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64),
-                    "token_type_ids": np.asarray([e.type_ids for e in encodings], dtype=np.int64),
-                }
-            )
+            self.batches.append(feeds_from_encodings(encodings, INT64_FEEDS))
 
     def __call__(self, onnx_path: Path) -> Evaluation:
         session = create_session(onnx_path, self.threads)
@@ -135,14 +132,10 @@ def batch1_latency_ms(
     session = create_session(onnx_path, threads=threads)
     names = check_graph_inputs(session, onnx_path.parent)
     output = session.get_outputs()[0].name
-    feeds = []
-    for encoding in tokenizer.encode_batch(texts):
-        row = {
-            "input_ids": encoding.ids,
-            "attention_mask": encoding.attention_mask,
-            "token_type_ids": encoding.type_ids,
-        }
-        feeds.append({name: np.asarray([row[name]], dtype=np.int64) for name in names})
+    feeds = [
+        feeds_from_encodings([encoding], {name: np.int64 for name in names})
+        for encoding in tokenizer.encode_batch(texts)
+    ]
     for feed in feeds[:3]:
         session.run([output], feed)
     times = []

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from edgekd.errors import EdgekdError, InputError, StageError
-from edgekd.recipe import Recipe
+from edgekd.recipe.schema import Recipe
 from edgekd.stages.export import ParityReport, compare_logits
 
 REFERENCE = "torch-fp32"
@@ -117,7 +117,7 @@ def torch_teacher_logits(
 
 def bf16_native(flags: set[str] | None = None) -> bool:
     """Whether the CPU multiplies bf16 in hardware (`flags`: /proc/cpuinfo's, read when None)."""
-    from edgekd.envinfo import cpu_flag_names
+    from edgekd.bench.envinfo import cpu_flag_names
 
     present = flags if flags is not None else cpu_flag_names()
     return any(flag in present for flag in BF16_FLAGS)
@@ -145,7 +145,8 @@ def torch_bf16_backend(setup: BackendSetup) -> LogitFn:
 
 def exported_teacher(setup: BackendSetup) -> Path:
     """The teacher's ONNX export under the cache folder, made once (written aside, then renamed into place)."""
-    from edgekd.stages.export import MODEL_FILE, export_onnx
+    from edgekd.artifact import MODEL_FILE
+    from edgekd.stages.export import export_onnx
 
     folder = setup.cache_dir / f"{ONNX_FOLDER}-{setup.teacher_key}-opset{setup.opset}"
     if (folder / MODEL_FILE).is_file():
@@ -163,16 +164,16 @@ def exported_teacher(setup: BackendSetup) -> Path:
 
 def int8_settings() -> dict[str, Any]:
     """The quantize stage's dynamic INT8 settings for this CPU, per-channel as the shipped recipes use."""
-    from edgekd.recipe import QuantizeSpec
-    from edgekd.stages.quantize import quantization_settings
+    from edgekd.recipe.schema import QuantizeSpec
+    from edgekd.stages.quantize.ort import quantization_settings
 
     return quantization_settings(QuantizeSpec(per_channel=True), [])
 
 
 def quantized_teacher(setup: BackendSetup) -> Path:
     """Dynamic INT8 of the teacher's export, made once next to it."""
-    from edgekd.stages.export import MODEL_FILE
-    from edgekd.stages.quantize import quantize_model
+    from edgekd.artifact import MODEL_FILE
+    from edgekd.stages.quantize.ort import quantize_model
 
     fp32_dir = exported_teacher(setup)
     settings = int8_settings()
@@ -207,7 +208,7 @@ def onnx_teacher_logits(
 
 
 def _onnx_backend(onnx_path: Path, setup: BackendSetup) -> LogitFn:
-    from edgekd.envinfo import usable_cores
+    from edgekd.bench.envinfo import usable_cores
     from edgekd.models import load_tokenizer
     from edgekd.runtime import create_session
 
@@ -217,7 +218,7 @@ def _onnx_backend(onnx_path: Path, setup: BackendSetup) -> LogitFn:
 
 
 def onnx_fp32_backend(setup: BackendSetup) -> LogitFn:
-    from edgekd.stages.export import MODEL_FILE
+    from edgekd.artifact import MODEL_FILE
 
     return _onnx_backend(exported_teacher(setup) / MODEL_FILE, setup)
 
@@ -411,7 +412,7 @@ class TeacherLabeller:
 
 def teacher_identity(teacher_dir: Path) -> Any:
     """The teacher's identity in cache keys: its stage key, or its files' fingerprint outside a run."""
-    from edgekd.stage import fingerprint_path, read_stage_json
+    from edgekd.stages.runner import fingerprint_path, read_stage_json
 
     teacher_record = read_stage_json(teacher_dir.parent) or {}
     return teacher_record.get("key") or fingerprint_path(str(teacher_dir))
@@ -419,7 +420,7 @@ def teacher_identity(teacher_dir: Path) -> Any:
 
 def logits_cache_key(teacher: Any, texts: list[str], max_length: int, backend: str) -> str:
     """The logit cache key: edgekd's original key for torch-fp32, with the backend's tag for the others."""
-    from edgekd.stage import stable_hash
+    from edgekd.stages.runner import stable_hash
 
     fields: dict[str, Any] = {"teacher": teacher, "texts": stable_hash(texts), "max_length": max_length}
     tag = cache_tag(backend)
@@ -432,7 +433,7 @@ def labeller_for(
     recipe: Recipe, teacher_dir: Path, cache_dir: Path, check_texts: list[str], log: Callable[[str], None]
 ) -> TeacherLabeller:
     """The labeller `distill.labelling` asks for, its exports cached in `cache_dir`."""
-    from edgekd.stage import stable_hash
+    from edgekd.stages.runner import stable_hash
 
     setup = BackendSetup(
         teacher_dir=teacher_dir,

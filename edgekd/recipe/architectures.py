@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekd.errors import EdgekdError, first_line
-from edgekd.recipe import ModelSpec, Recipe, TokenizerBuild
+from edgekd.recipe.schema import ModelSpec, Recipe, TokenizerBuild
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -339,7 +339,7 @@ def _build(config_class: type[PretrainedConfig], config: dict[str, Any]) -> tupl
 
 
 def _read_config(model: str, trust_remote_code: bool) -> Any:
-    from edgekd.intermediate import config_of
+    from edgekd.stages.distill.intermediate import config_of
 
     return config_of(model, None, trust_remote_code)
 

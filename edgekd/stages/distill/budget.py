@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from edgekd.recipe import BudgetSpec, Recipe, StudentShape
+from edgekd.recipe.schema import BudgetSpec, Recipe, StudentShape
 
 
 def choose_candidate(
@@ -147,14 +147,15 @@ def candidate_latency_ms(
 ) -> float:
     """Median batch-1 INT8 latency of `shape` cut from the student's source model, exported and quantized with
     the recipe's export and quantize settings."""
-    from edgekd.quant_search import batch1_latency_ms
-    from edgekd.stages.export import export_onnx, onnx_file_bytes
-    from edgekd.stages.quantize import make_quantizer, prepare_graph, quantization_settings
+    from edgekd.artifact import MODEL_FILE, onnx_file_bytes
+    from edgekd.stages.export import export_onnx
+    from edgekd.stages.quantize.ort import make_quantizer, prepare_graph, quantization_settings
+    from edgekd.stages.quantize.search import batch1_latency_ms
 
     pytorch_dir, onnx_dir = work / "pytorch", work / "onnx"
     save_shape(recipe, teacher_dir, labels, shape, pytorch_dir)
     export_onnx(pytorch_dir, onnx_dir, recipe.export.opset)
-    fp32 = onnx_dir / "model.onnx"
+    fp32 = onnx_dir / MODEL_FILE
     spec = recipe.quantize
     settings = quantization_settings(spec, [])
     max_length = recipe.data.max_length
@@ -171,7 +172,7 @@ def save_shape(
     """The student's source model with only `shape.layers`, pruned to `shape.prune`'s widths (which units are
     kept does not matter for latency: the first ones), saved with its tokenizer."""
     from edgekd.models import keep_layers, load_classifier, load_tokenizer
-    from edgekd.structured_prune import (
+    from edgekd.stages.distill.structured_prune import (
         PrunePlan,
         apply_plan,
         ffn_width,

@@ -13,33 +13,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from edgekd.errors import InputError, first_line
+from edgekd.report.schema import Report, Variant, as_report
 
 REPORT_FILE = "report.json"
 REPORT_HINT = "pass the report.json that `edgekd compress` or `edgekd benchmark` wrote (or its folder)"
 
 
-def _mapping(value: Any) -> Mapping[str, Any]:
-    """`value` when it is a JSON object, else empty: a report edited by hand must not crash the comparison."""
-    return value if isinstance(value, Mapping) else {}
-
-
 # (label, how to read it from a variant, digits, unit)
-METRICS: tuple[tuple[str, Callable[[Mapping[str, Any]], Any], int, str], ...] = (
-    ("accuracy", lambda v: v.get("accuracy"), 4, ""),
-    ("p50 ms", lambda v: _mapping(v.get("latency_ms")).get("p50"), 3, ""),
-    ("p90 ms", lambda v: _mapping(v.get("latency_ms")).get("p90"), 3, ""),
-    (
-        "size MB",
-        lambda v: size / 1e6 if (size := _float(v.get("size_bytes"))) is not None else None,
-        2,
-        "",
-    ),
-    ("speed-up p50", lambda v: v.get("speedup_p50"), 2, "x"),
+METRICS: tuple[tuple[str, Callable[[Variant], Any], int, str], ...] = (
+    ("accuracy", lambda v: v.accuracy, 4, ""),
+    ("p50 ms", lambda v: v.latency_ms.p50 if v.latency_ms else None, 3, ""),
+    ("p90 ms", lambda v: v.latency_ms.p90 if v.latency_ms else None, 3, ""),
+    ("size MB", lambda v: v.size_bytes / 1e6 if v.size_bytes is not None else None, 2, ""),
+    ("speed-up p50", lambda v: v.speedup_p50, 2, "x"),
 )
 
 
@@ -99,11 +91,12 @@ def resolve_report(path: str | Path) -> Path:
     )
 
 
-def load_report(path: str | Path) -> dict[str, Any]:
-    """Read a report.json.
+def load_report(path: str | Path) -> Report:
+    """Read a report.json (of any schema version: an older one reads as version 0).
 
     Raises:
-        InputError: When it is missing, not JSON, has no variants, or a variant is not an object with a name.
+        InputError: When it is missing, not JSON, has no variants, a variant is not an object with a name, or
+            a value has the wrong type (a number where the report has text, a list where it has an object).
     """
     file = resolve_report(path)
     try:
@@ -118,13 +111,20 @@ def load_report(path: str | Path) -> dict[str, Any]:
                 f"{file}: variants[{i}] is not a model's record (an object with a 'name')",
                 hint=f"{REPORT_HINT}; a hand-edited file must keep one object per model",
             )
-    return report
+    try:
+        return as_report(report)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        raise InputError(
+            f"{file} is not an edgekd report: {where}: {problem['msg']}", hint=REPORT_HINT
+        ) from None
 
 
 def compare_reports(path_a: str | Path, path_b: str | Path) -> Comparison:
     """Per-model metric changes (models matched by name) and environment differences from A to B."""
     report_a, report_b = load_report(path_a), load_report(path_b)
-    pairs, only_a, only_b = pair_variants(report_a["variants"], report_b["variants"])
+    pairs, only_a, only_b = pair_variants(report_a.variants, report_b.variants)
     metrics = [
         MetricChange(label_pair, label, _float(read(a)), _float(read(b)), digits, unit)
         for label_pair, a, b in pairs
@@ -141,56 +141,57 @@ def compare_reports(path_a: str | Path, path_b: str | Path) -> Comparison:
 
 
 def pair_variants(
-    variants_a: list[dict[str, Any]], variants_b: list[dict[str, Any]]
-) -> tuple[list[tuple[str, dict[str, Any], dict[str, Any]]], list[str], list[str]]:
+    variants_a: list[Variant], variants_b: list[Variant]
+) -> tuple[list[tuple[str, Variant, Variant]], list[str], list[str]]:
     """Models matched by name; when the reports share no name but hold as many models, matched by position.
 
     Returns:
         ([(label, variant in A, variant in B)], names only in A, names only in B).
     """
-    by_name_b = {v["name"]: v for v in variants_b}
-    shared = [(v["name"], v, by_name_b[v["name"]]) for v in variants_a if v["name"] in by_name_b]
+    by_name_b = {v.name: v for v in variants_b}
+    shared = [(v.name, v, by_name_b[v.name]) for v in variants_a if v.name in by_name_b]
     if not shared and len(variants_a) == len(variants_b):
         # Two `edgekd benchmark` runs of the same chain under other folder names: position is the match.
         return (
-            [(f"{a['name']} / {b['name']}", a, b) for a, b in zip(variants_a, variants_b, strict=True)],
+            [(f"{a.name} / {b.name}", a, b) for a, b in zip(variants_a, variants_b, strict=True)],
             [],
             [],
         )
-    names_a = {v["name"] for v in variants_a}
+    names_a = {v.name for v in variants_a}
     return (
         shared,
-        [v["name"] for v in variants_a if v["name"] not in by_name_b],
-        [v["name"] for v in variants_b if v["name"] not in names_a],
+        [v.name for v in variants_a if v.name not in by_name_b],
+        [v.name for v in variants_b if v.name not in names_a],
     )
 
 
-def environment_facts(report: Mapping[str, Any]) -> dict[str, str]:
+def environment_facts(report: Report | Mapping[str, Any]) -> dict[str, str]:
     """The settings that shape the numbers, flattened to `key: text` (CPU, flags, libraries, threads, ...)."""
-    env = _mapping(report.get("environment"))
-    cpu = _mapping(env.get("cpu"))
-    bench = _mapping(report.get("benchmark"))
-    facts = {
-        "cpu.model": cpu.get("model"),
-        "cpu.usable_cores": cpu.get("usable_cores"),
-        "cpu.logical_cores": cpu.get("logical_cores"),
-        "cpu.flags": ",".join(sorted(str(k) for k, v in _mapping(cpu.get("flags")).items() if v)),
-        "python": env.get("python"),
-        "platform": env.get("platform"),
-        "benchmark.threads": bench.get("threads"),
-        "benchmark.max_length": bench.get("max_length"),
-        "benchmark.batch_size": bench.get("batch_size"),
-        "benchmark.latency_samples": bench.get("latency_samples"),
-        "threads.throughput": _mapping(env.get("threads")).get("throughput_threads"),
+    report = as_report(report)
+    env, bench = report.environment, report.benchmark
+    facts: dict[str, Any] = {
+        "cpu.model": env.cpu.model,
+        "cpu.usable_cores": env.cpu.usable_cores,
+        "cpu.logical_cores": env.cpu.logical_cores,
+        "cpu.flags": ",".join(sorted(k for k, v in env.cpu.flags.items() if v)),
+        "python": env.python,
+        "platform": env.platform,
+        "benchmark.threads": bench.threads,
+        "benchmark.max_length": bench.max_length,
+        "benchmark.batch_size": bench.batch_size,
+        "benchmark.latency_samples": bench.latency_samples,
+        "threads.throughput": env.threads.throughput_threads if env.threads else None,
     }
-    for name, version in _mapping(env.get("versions")).items():
+    for name, version in env.versions.items():
         facts[f"version.{name}"] = version
-    for name, value in _mapping(env.get("thread_env")).items():
+    for name, value in env.thread_env.items():
         facts[f"env.{name}"] = value
     return {key: "–" if value is None else str(value) for key, value in facts.items()}
 
 
-def environment_changes(report_a: Mapping[str, Any], report_b: Mapping[str, Any]) -> list[EnvChange]:
+def environment_changes(
+    report_a: Report | Mapping[str, Any], report_b: Report | Mapping[str, Any]
+) -> list[EnvChange]:
     """The environment facts whose values differ (a fact missing on one side shows as '–')."""
     facts_a, facts_b = environment_facts(report_a), environment_facts(report_b)
     keys = [*facts_a, *(k for k in facts_b if k not in facts_a)]

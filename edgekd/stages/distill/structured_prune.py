@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgekd.errors import InputError
-from edgekd.recipe import PruneSpec
+from edgekd.recipe.schema import PruneSpec
 
 # (logits, batch) -> scalar loss whose gradient scores the units
 LossFn = Callable[[Any, dict[str, Any]], Any]
@@ -178,7 +178,7 @@ def _ragged_to_array(rows: list[np.ndarray]) -> np.ndarray:
 
 def distillation_loss_fn(alpha: float, temperature: float) -> LossFn:
     """The distill stage's own loss against `teacher_logits` (plus CE on `labels`, where a row has one)."""
-    from edgekd.losses import distillation_loss
+    from edgekd.stages.distill.losses import distillation_loss
 
     def loss(logits: Any, batch: dict[str, Any]) -> Any:
         return distillation_loss(
