@@ -158,7 +158,7 @@ class Classifier:
         labels = read_labels(root, manifest, config)
         if max_length is None:
             max_length = read_max_length(root, manifest, config)
-        tokenizer = load_tokenizer(root, max_length, config)
+        tokenizer = load_shipped_tokenizer(root, max_length, config)
         check_vocab_size(root, tokenizer, config)
         model_path = root / model_file
         session = create_session(model_path, threads, inter_threads)
@@ -370,7 +370,7 @@ def check_thread_count(threads: int, name: str = "threads") -> None:
         )
 
 
-def load_tokenizer(folder: Path, max_length: int, config: dict[str, Any] | None = None) -> Tokenizer:
+def load_shipped_tokenizer(folder: Path, max_length: int, config: dict[str, Any] | None = None) -> Tokenizer:
     """The folder's tokenizer.json, set to truncate at `max_length` and pad to the longest text of a batch.
 
     Raises:

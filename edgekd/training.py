@@ -18,13 +18,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's instruction-set flags; empty where the OS does not list them (only Linux's /proc does)."""
-    from edgekd.bench.envinfo import cpu_flag_names
-
-    return cpu_flag_names()
-
-
 def choose_precision(setting: str) -> str:
     """`auto` means bf16 autocast where the CPU has native bf16 (AVX-512 BF16 or AMX): about 2x faster training
     on such CPUs; elsewhere bf16 is emulated and slower than fp32."""
@@ -32,9 +25,11 @@ def choose_precision(setting: str) -> str:
         return setting
     import torch
 
+    from edgekd.bench.envinfo import cpu_flag_names
+
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "fp32"
+    return "bf16" if cpu_flag_names() & {"avx512_bf16", "amx_bf16"} else "fp32"
 
 
 def tokenize(ds: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:

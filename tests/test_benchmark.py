@@ -15,7 +15,7 @@ import pytest
 
 from edgekd.artifact import folder_size, model_files, param_count, param_count_onnx, param_count_safetensors
 from edgekd.bench.measure import THROUGHPUT_ROUNDS, lengths_for, measure_models, round_order, round_slices
-from edgekd.bench.spec import HarnessSettings, ModelSpec
+from edgekd.bench.spec import HarnessSettings, MeasuredModel
 from edgekd.bench.worker import WorkerProcess
 from edgekd.errors import InputError, StageError
 from edgekd.recipe.schema import GatesSpec, Recipe
@@ -165,7 +165,7 @@ def test_worker_that_cannot_load_reports_its_error(tmp_path):
 class FakeWorker:
     """Records every command into a shared journal and answers like a worker would."""
 
-    def __init__(self, model: ModelSpec, journal: list[tuple[str, dict]]) -> None:
+    def __init__(self, model: MeasuredModel, journal: list[tuple[str, dict]]) -> None:
         self.name = model.name
         self.journal = journal
 
@@ -194,7 +194,7 @@ class FakeWorker:
 
 def test_latency_is_measured_in_interleaved_rotated_rounds():
     journal: list[tuple[str, dict]] = []
-    models = [ModelSpec(n, Path(n), "onnx") for n in ("ref", "mid", "small")]
+    models = [MeasuredModel(n, Path(n), "onnx") for n in ("ref", "mid", "small")]
     settings = HarnessSettings(
         latency_samples=7, warmup=2, round_size=3, seq_lengths=(16, 128), seq_samples=2
     )

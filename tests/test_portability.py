@@ -91,9 +91,10 @@ def test_the_environment_is_known_without_proc(without_proc: None) -> None:
 
 
 def test_training_reads_no_cpu_flags_without_proc(without_proc: None) -> None:
-    from edgekd.training import cpu_flags
+    from edgekd.training import choose_precision
 
-    assert cpu_flags() == set()
+    assert envinfo.cpu_flag_names() == set()
+    assert choose_precision("auto") == "fp32"  # no flags read: no native bf16 assumed
 
 
 def test_the_busy_machine_measure_works_without_proc(without_proc: None) -> None:

@@ -159,11 +159,11 @@ def test_lone_surrogates_are_replaced_and_counted_once(tmp_path: Path) -> None:
 
 
 def test_unlabeled_texts_with_lone_surrogates_are_encodable(tmp_path: Path) -> None:
-    from edgekd.stages.distill.unlabeled import read_texts
+    from edgekd.stages.distill.unlabeled import read_unlabeled_file
 
     path = tmp_path / "extra.jsonl"
     path.write_bytes(jsonl([{"text": "lone \ud800 half"}]))
-    assert read_texts(path, "text") == ["lone \ufffd half"]
+    assert read_unlabeled_file(path, "text") == ["lone \ufffd half"]
 
 
 def test_compress_warns_once_about_lone_surrogates(

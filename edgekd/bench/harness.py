@@ -41,7 +41,7 @@ from edgekd.bench.inputs import (
 )
 from edgekd.bench.measure import measure_models, raw_record
 from edgekd.bench.records import build_report, check_out_of_scope_label, describe, variant_records
-from edgekd.bench.spec import HarnessSettings, Measurements, ModelSpec
+from edgekd.bench.spec import HarnessSettings, MeasuredModel, Measurements
 from edgekd.errors import (
     InputError,
     ResourceError,
@@ -64,7 +64,7 @@ LOCK_FILE = ".lock"
 
 
 def benchmark_folders(
-    models: Sequence[ModelSpec],
+    models: Sequence[MeasuredModel],
     data: DataSpec,
     out_dir: Path,
     settings: HarnessSettings = HarnessSettings(),
@@ -152,7 +152,7 @@ def benchmark_folders(
 
 
 def _measure_and_report(
-    models: Sequence[ModelSpec],
+    models: Sequence[MeasuredModel],
     out_dir: Path,
     settings: HarnessSettings,
     gates: GatesSpec,

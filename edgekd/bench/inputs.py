@@ -16,7 +16,7 @@ import numpy as np
 
 from edgekd.artifact import folder_size, onnx_model_path, param_count
 from edgekd.bench.envinfo import cpu_snapshot, other_processes_cores, usable_cores
-from edgekd.bench.spec import HarnessSettings, Measurements, ModelSpec
+from edgekd.bench.spec import HarnessSettings, MeasuredModel, Measurements
 from edgekd.bench.worker import thread_env
 from edgekd.errors import (
     InputError,
@@ -215,7 +215,7 @@ def check_onnx_folder(folder: Path) -> list[str]:
 def check_pytorch_folder(folder: Path) -> list[str]:
     """config.json and the tokenizer files parse, the weights' headers read; returns config.json's labels."""
     from edgekd.artifact import read_json_object, read_labels
-    from edgekd.runtime import load_tokenizer
+    from edgekd.runtime import load_shipped_tokenizer
 
     if not (folder / "config.json").is_file():
         raise InputError(f"the model folder {folder} has no config.json", hint=FOLDER_HINT)
@@ -230,7 +230,7 @@ def check_pytorch_folder(folder: Path) -> list[str]:
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         read_json_object(folder / name)
     if (folder / "tokenizer.json").is_file():
-        load_tokenizer(folder, max_length=8, config=config)
+        load_shipped_tokenizer(folder, max_length=8, config=config)
     check_safetensors_headers(folder)
     # transformers labels the outputs from config.json's id2label, whatever else the folder holds.
     return read_labels(folder, None, config)
@@ -330,7 +330,7 @@ def busy_after_warnings(env: dict[str, Any]) -> list[str]:
     return []
 
 
-def max_length_warnings(model: ModelSpec, max_length: int) -> list[str]:
+def max_length_warnings(model: MeasuredModel, max_length: int) -> list[str]:
     """An export records its max_length; a different one here measures another model than is shipped."""
     try:
         recorded = json.loads((model.folder / "edgekd.json").read_text(encoding="utf-8")).get("max_length")
@@ -358,7 +358,7 @@ def thread_settings(settings: HarnessSettings, measured: Mapping[str, Measuremen
     }
 
 
-def models_from_folders(folders: Sequence[Path], names: Sequence[str] | None = None) -> list[ModelSpec]:
+def models_from_folders(folders: Sequence[Path], names: Sequence[str] | None = None) -> list[MeasuredModel]:
     """ModelSpecs for folders given on the command line, format detected, named by `names` or the folder.
 
     A folder called `model` (a pipeline stage's PyTorch output) is named after its parent instead.
@@ -375,7 +375,7 @@ def models_from_folders(folders: Sequence[Path], names: Sequence[str] | None = N
     for i, folder in enumerate(folders):
         fmt = detect_format(folder)
         default = folder.resolve().parent.name if folder.resolve().name == "model" else folder.resolve().name
-        specs.append(ModelSpec(names[i] if names is not None else default, folder, fmt))
+        specs.append(MeasuredModel(names[i] if names is not None else default, folder, fmt))
     check_names([s.name for s in specs])
     return specs
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgekd.bench.envinfo import usable_cores
-from edgekd.bench.spec import HarnessSettings, Measurements, ModelSpec, Worker
+from edgekd.bench.spec import HarnessSettings, MeasuredModel, Measurements, Worker
 from edgekd.bench.worker import WorkerProcess
 from edgekd.progress import TaskProgress
 
@@ -27,10 +27,10 @@ ACCURACY_CHUNK = 1024  # texts per request of the accuracy pass: its progress is
 THROUGHPUT_ROUNDS = 2
 
 
-WorkerFactory = Callable[[ModelSpec, int, int], Worker]
+WorkerFactory = Callable[[MeasuredModel, int, int], Worker]
 
 
-def start_worker(model: ModelSpec, threads: int, max_length: int) -> Worker:
+def start_worker(model: MeasuredModel, threads: int, max_length: int) -> Worker:
     """A real worker process for `model`."""
     return WorkerProcess(model.name, model.folder, model.format, threads, max_length)
 
@@ -49,7 +49,7 @@ def round_slices(n_requests: int, round_size: int) -> list[slice]:
 
 
 def measure_models(
-    models: Sequence[ModelSpec],
+    models: Sequence[MeasuredModel],
     texts: list[str],
     latency_texts: list[str],
     settings: HarnessSettings,

@@ -16,7 +16,7 @@ from edgekd._version import __version__
 from edgekd.artifact import folder_size, param_count
 from edgekd.bench.inputs import check_labels
 from edgekd.bench.measure import round_slices
-from edgekd.bench.spec import HarnessSettings, Measurements, ModelSpec
+from edgekd.bench.spec import HarnessSettings, MeasuredModel, Measurements
 from edgekd.bench.stats import (
     accuracy_diff_ci,
     bootstrap_ci,
@@ -71,7 +71,7 @@ def map_predictions(
 
 
 def variant_records(
-    models: Sequence[ModelSpec],
+    models: Sequence[MeasuredModel],
     measured: Mapping[str, Measurements],
     gold: list[int],
     labels: list[str],
@@ -103,7 +103,7 @@ def variant_records(
 
 
 def variant_record(
-    model: ModelSpec, result: Measurements, predicted: np.ndarray, gold: list[int], labels: list[str]
+    model: MeasuredModel, result: Measurements, predicted: np.ndarray, gold: list[int], labels: list[str]
 ) -> Variant:
     """One model's line of the report (the comparisons with the reference are added afterwards)."""
     onnx = model.format == "onnx"

@@ -1,4 +1,4 @@
-"""What a benchmark is asked to measure (`ModelSpec`, `HarnessSettings`) and what one model's measurement
+"""What a benchmark is asked to measure (`MeasuredModel`, `HarnessSettings`) and what one model's measurement
 gives back (`Measurements`); the `Worker` a model is measured in.
 """
 
@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class MeasuredModel:
     """A model folder to measure, under the name the report gives it."""
 
     name: str

@@ -29,7 +29,7 @@ from edgekd.runtime import Classifier, Prediction, TruncationWarning, check_enco
 MAX_SHOWN_CHARS = 70
 
 
-def read_texts(texts: list[str], file: Path | None) -> list[str]:
+def texts_to_predict(texts: list[str], file: Path | None) -> list[str]:
     """The texts to classify: the arguments, then the file's non-blank lines.
 
     Raises:
@@ -106,7 +106,7 @@ def predict_command(
 ) -> None:
     """What `edgekd predict` does: read, classify, print (results to `echo`, remarks to `note`)."""
     check_options(threads, batch_size)
-    batch = read_texts(texts, file)
+    batch = texts_to_predict(texts, file)
     classifier, predictions, truncated = classify(folder, batch, threads, batch_size)
     if truncated:
         note(f"texts longer than max_length={classifier.max_length} tokens were truncated (the end was cut)")

@@ -18,7 +18,7 @@ from typing import Any
 from edgekd.artifact import CONFIG_FILE, MODEL_FILE
 from edgekd.bench.harness import benchmark_folders
 from edgekd.bench.inputs import check_threads, latency_sample_indices
-from edgekd.bench.spec import HarnessSettings, ModelSpec
+from edgekd.bench.spec import HarnessSettings, MeasuredModel
 from edgekd.errors import InputError
 from edgekd.recipe.schema import Recipe
 from edgekd.report.gates import CANDIDATE, OPTIMUM_BASELINE, REFERENCE
@@ -82,7 +82,7 @@ class BenchmarkStage(StageBase):
 
     def run(self, ctx: StageContext, out_dir: Path) -> StageResult:
         recipe = ctx.recipe
-        models = [ModelSpec(v.name, v.folder(ctx.inputs), v.format) for v in self.variants]
+        models = [MeasuredModel(v.name, v.folder(ctx.inputs), v.format) for v in self.variants]
         for model in models:
             _require_stage_output(model)
         report = benchmark_folders(
@@ -142,7 +142,7 @@ def distill_budget_record(upstream: dict[str, dict[str, Any]]) -> dict[str, Any]
     return budget if isinstance(budget, dict) else None
 
 
-def _require_stage_output(model: ModelSpec) -> None:
+def _require_stage_output(model: MeasuredModel) -> None:
     """An earlier stage's model missing from the run folder is a broken run, not a user's bad folder."""
     marker = MODEL_FILE if model.format == "onnx" else CONFIG_FILE
     if not (model.folder / marker).is_file() and not any(model.folder.glob("*.onnx")):

@@ -35,7 +35,7 @@ def unlabeled_files(path: str) -> list[Path]:
     )
 
 
-def read_texts(path: Path, text_column: str) -> list[str]:
+def read_unlabeled_file(path: Path, text_column: str) -> list[str]:
     """Every non-empty text of one file; a row without the column is an error naming the row."""
     if path.name.endswith(".txt"):
         try:
@@ -71,7 +71,7 @@ def load_unlabeled_texts(spec: UnlabeledSpec | None, seed: int) -> list[str]:
         return []
     texts: list[str] = []
     for path in unlabeled_files(spec.path):
-        texts.extend(read_texts(path, spec.text_column))
+        texts.extend(read_unlabeled_file(path, spec.text_column))
     if not texts:
         raise DataError(
             f"distill.unlabeled: {spec.path} has no text rows", hint="point it at a non-empty file"

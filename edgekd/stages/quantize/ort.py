@@ -281,11 +281,11 @@ def quantize_static_model(
 
 def calibration_feeds(support_dir: Path, texts: list[str], max_length: int) -> list[dict[str, np.ndarray]]:
     """Batch-1 int64 feeds of the calibration texts, tokenized as the runtime does (the real input shapes)."""
-    from edgekd.runtime import load_tokenizer
+    from edgekd.runtime import load_shipped_tokenizer
 
     if not texts:
         raise StageError("static quantization needs calibration texts, and the train split is empty")
-    tokenizer = load_tokenizer(support_dir, max_length)
+    tokenizer = load_shipped_tokenizer(support_dir, max_length)
     feeds = []
     for encoding in tokenizer.encode_batch(texts):
         row = {

@@ -29,7 +29,7 @@ import numpy as np
 
 from edgekd.artifact import FEEDABLE_INPUTS, feeds_from_encodings
 from edgekd.errors import StageError
-from edgekd.runtime import check_graph_inputs, create_session, load_tokenizer
+from edgekd.runtime import check_graph_inputs, create_session, load_shipped_tokenizer
 
 EVAL_BATCH_SIZE = 32
 # Every input a text classifier's graph may declare, fed as int64 (the type check_graph_inputs accepts).
@@ -106,7 +106,7 @@ class OnnxEvaluator:
     ) -> None:
         if not texts:
             raise StageError("the validation split is empty: there is nothing to measure accuracy on")
-        tokenizer = load_tokenizer(support_dir, max_length)
+        tokenizer = load_shipped_tokenizer(support_dir, max_length)
         self.labels = np.asarray(labels)
         self.threads = threads
         self.batches: list[dict[str, np.ndarray]] = []
@@ -128,7 +128,7 @@ def batch1_latency_ms(
     onnx_path: Path, support_dir: Path, texts: list[str], max_length: int, threads: int = 1
 ) -> float:
     """Median batch-1 latency in ms over `texts` (run twice, after a short warm-up), single-thread by default."""
-    tokenizer = load_tokenizer(support_dir, max_length)
+    tokenizer = load_shipped_tokenizer(support_dir, max_length)
     session = create_session(onnx_path, threads=threads)
     names = check_graph_inputs(session, onnx_path.parent)
     output = session.get_outputs()[0].name
