@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -817,7 +818,7 @@ def test_report_md_has_an_out_of_scope_section_only_when_measured(tmp_path):
 def test_stage_times_come_from_each_upstream_stage_record_in_chain_order():
     from edgekd.stages.benchmark import upstream_stage_times
 
-    upstream = {
+    upstream: dict[str, dict[str, Any]] = {
         # the teacher was resumed: 60 s of its work came from the invocation that was interrupted
         "teacher": {"wall_time_s": 10.5, "carried_over_s": 60.0},
         "distill": {"metrics": {}},  # a record without a time (hand-edited) is left out

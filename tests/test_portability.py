@@ -101,6 +101,7 @@ def test_the_busy_machine_measure_works_without_proc(without_proc: None) -> None
     before = envinfo.cpu_snapshot()
     assert before is not None and before.cores == envinfo.usable_cores()
     after = envinfo.cpu_snapshot()
+    assert after is not None
     others = envinfo.other_processes_cores(before, after)
     assert others is None or 0.0 <= others <= after.cores  # None: no clock tick passed between the two
 

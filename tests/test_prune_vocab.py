@@ -16,6 +16,7 @@ from edgekd.recipe.load import load_recipe
 from edgekd.recipe.schema import Recipe
 from edgekd.runtime import Classifier
 from edgekd.stages.base import StageContext, StageResult
+from edgekd.stages.benchmark import BenchmarkStage
 from edgekd.stages.export import ExportStage
 from edgekd.stages.prune_vocab import PruneVocabStage, read_wordpiece_tokenizer
 
@@ -148,7 +149,9 @@ def test_pipeline_inserts_the_stage_only_when_enabled():
     assert names == ["teacher", "distill", "prune_vocab", "export", "quantize", "benchmark"]
     assert with_pruning[3].needs == ("prune_vocab",)
     # The report's fp32 student is the model the shipped INT8 came from; distill still feeds the training curve.
-    student = {v.name: v for v in with_pruning[-1].variants}["student"]
-    assert student.stage == "prune_vocab" and "distill" in with_pruning[-1].needs
-    assert {v.name: v for v in plain[-1].variants}["student"].stage == "distill"
+    pruned_benchmark, plain_benchmark = with_pruning[-1], plain[-1]
+    assert isinstance(pruned_benchmark, BenchmarkStage) and isinstance(plain_benchmark, BenchmarkStage)
+    student = {v.name: v for v in pruned_benchmark.variants}["student"]
+    assert student.stage == "prune_vocab" and "distill" in pruned_benchmark.needs
+    assert {v.name: v for v in plain_benchmark.variants}["student"].stage == "distill"
     assert plain[-1].needs == ("teacher", "distill", "quantize")  # unchanged, so cached reports stay valid

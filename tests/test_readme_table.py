@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def load_script():
     spec = importlib.util.spec_from_file_location("readme_table", REPO / "scripts" / "readme_table.py")
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -22,11 +23,11 @@ RECORDS = [{"text": f"text number {i}", "label": "ab"[i % 2]} for i in range(40)
 DEEP = "[" * 100_000 + "]" * 100_000
 
 
-def jsonl(records: list[dict[str, object]]) -> bytes:
+def jsonl(records: Sequence[Mapping[str, object]]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in records).encode()
 
 
-def csv_bytes(records: list[dict[str, object]]) -> bytes:
+def csv_bytes(records: Sequence[Mapping[str, object]]) -> bytes:
     return ("text,label\n" + "".join(f'"{r["text"]}",{r["label"]}\n' for r in records)).encode()
 
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -104,7 +105,7 @@ def write_symbolic_graph(path: Path) -> None:
     save_graph(path, nodes, initializers, text, "classes")
 
 
-def save_graph(path: Path, nodes: list, initializers: list, graph_input: object, classes: int | str) -> None:
+def save_graph(path: Path, nodes: list, initializers: list, graph_input: Any, classes: int | str) -> None:
     import onnx
     from onnx import TensorProto, helper
 

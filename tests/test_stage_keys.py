@@ -100,6 +100,9 @@ class CheckoutIndependent(StageBase):
     def params(self, recipe: Any) -> dict[str, Any]:
         return relative_to_repo(self.stage.params(recipe))
 
+    def run(self, ctx: StageContext, out_dir: Path) -> StageResult:
+        raise AssertionError("only keyed here, never run")
+
 
 def test_every_stage_key_of_the_smoke_chain_is_unchanged(recipe: Any) -> None:
     from edgekd.pipeline import stages
