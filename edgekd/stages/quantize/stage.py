@@ -20,28 +20,16 @@ Default weight type (`weight_type: auto`), from `benchmarks/quantize_settings.py
 
 * With VNNI (AVX512-VNNI, AVX-VNNI or AMX-INT8), the u8 x s8 product is one instruction that accumulates in
   int32: qint8 (s8) weights are exact and fastest. -> qint8.
-* On AVX2 without VNNI (the machine these numbers come from: 2-core AMD EPYC, flags avx2 only), ORT's u8s8
-  kernel uses `vpmaddubsw`, which adds pairs of u8 x s8 products into int16 *with saturation*; quint8
-  weights take the u8u8 kernel, which cannot saturate but is slower. Measured on the quickstart student
-  (3x384, pruned vocabulary, 500 AG News validation texts, single thread, batch 1, median of 3 interleaved
-  rounds, quiet machine; fp32 ONNX: accuracy 0.900, 10.8 ms):
-
-  | setting | accuracy | p50 ms |
-  |---|---|---|
-  | qint8 | 0.896 | 6.62 |
-  | qint8 + reduce_range | 0.896 | 6.37 |
-  | qint8 + per_channel | 0.900 | 6.43 |
-  | quint8 | 0.890 | 7.56 |
-  | quint8 + reduce_range | 0.900 | 7.71 |
-
-  On a real student the saturation costs no accuracy while quint8 costs ~15% latency, so -> qint8 here too
-  (and `per_channel: true`, the most accurate at no cost, in the shipped recipes). Saturation is visible on
-  tiny random models (logit MSE 1e-2 against quint8's 5e-6 on the 1x64 smoke student): recipes can set
-  `weight_type: quint8`, and `max_accuracy_drop_pts` guards every run.
+* On AVX2 without VNNI, ORT's u8s8 kernel uses `vpmaddubsw`, which adds pairs of u8 x s8 products into int16 *with
+  saturation*; quint8 weights take the u8u8 kernel, which cannot saturate but is slower. On a 3x384 student the
+  accuracies differed by less than the noise of 500 validation texts while quint8 cost ~15% latency
+  (benchmarks/results/quantize_settings.json), so -> qint8 here too, and `per_channel: true` in the shipped
+  recipes. Saturation shows on tiny random models: recipes can set `weight_type: quint8`, and
+  `max_accuracy_drop_pts` guards every run.
 * Other CPUs (Arm, no AVX2) -> qint8, ORT's recommended default.
 
-Fusions (`optimize`) were 21% faster on the smoke student (0.115 vs 0.146 ms) and slower on the 3x384
-student (6.77 vs 6.62 ms), hence `none` by default and `auto` to measure on the serving machine.
+Fusions (`optimize`) were faster on the smoke student and slower on a 3x384 one (benchmarks/results/
+quantize_settings.json), hence `none` by default and `auto` to measure on the serving machine.
 
 Output folder (the artifact contract): `model.onnx` (INT8), the export folder's `config.json` and tokenizer
 files, `edgekd.json` (the export's, plus "quantization" and "accuracy" entries) and `quantize.json` (tool,
