@@ -286,6 +286,10 @@ def benchmarked_run(tmp_path_factory, tiny_classifier_dir, int8_dir, toy_data) -
         max_size_mb=1e-6,  # fails: no model fits in one byte
         min_speedup_p50=1e-9,
         min_accuracy=0.0,
+        max_latency_p99_ms=1e9,
+        max_peak_rss_mb=1e9,
+        max_load_s=1e9,
+        min_throughput_texts_per_s=1e-9,
     )
     logs: list[str] = []
     keys = {"teacher": "t", "distill": "d", "quantize": "q"}
@@ -465,7 +469,12 @@ def test_benchmark_stage_reports_a_failed_gate_without_raising(benchmarked_run):
         "max_size_mb",
         "min_speedup_p50",
         "min_accuracy",
+        "max_latency_p99_ms",
+        "max_peak_rss_mb",
+        "max_load_s",
+        "min_throughput_texts_per_s",
     ]
+    assert gates["max_load_s"]["value"] > 0 and gates["min_throughput_texts_per_s"]["value"] > 0
     assert gates["max_size_mb"]["passed"] is False
     assert gates["max_size_mb"]["value"] == pytest.approx(report["variants"][2]["size_bytes"] / 1e6)
     assert all(g["passed"] for name, g in gates.items() if name != "max_size_mb")
@@ -512,6 +521,9 @@ def _variant(name: str, accuracy: float, size_mb: float, p50: float, p90: float)
         "size_bytes": int(size_mb * 1e6),
         "params": 1000,
         "latency_ms": {"p50": p50, "p90": p90, "p99": p90 * 1.5},
+        "peak_rss_mb": size_mb * 2,
+        "load_s": size_mb / 100,
+        "throughput_texts_per_s": {"8": 1000 / p50, "32": 2000 / p50},
     }
 
 
@@ -544,6 +556,41 @@ def test_gates_pass_and_fail_on_hand_made_variants():
     assert by_name["min_speedup_p50"].value == pytest.approx(5.0) and by_name["min_speedup_p50"].passed
     assert by_name["min_compression"].value == pytest.approx(16.0)
     assert by_name["min_compression"].passed is False
+
+
+def test_sign_off_gates_on_tail_latency_memory_load_time_and_throughput():
+    limits = {
+        "max_latency_p99_ms": 9.0,
+        "max_peak_rss_mb": 40.0,
+        "max_load_s": 0.2,
+        "min_throughput_texts_per_s": 600,
+    }
+    gates = {g.name: g for g in evaluate_gates(HAND_MADE, limits)}
+    assert list(gates) == list(limits)  # in the order of GATE_RULES
+    # the candidate: p99 6.0 * 1.5 = 9.0 ms (a limit is inclusive), 50 MB peak RSS, 0.25 s to load, and
+    # 2000 / 4.0 = 500 texts/s at its largest batch size (32; 250 at batch 8 is not what the gate reads)
+    assert (gates["max_latency_p99_ms"].value, gates["max_latency_p99_ms"].passed) == (
+        pytest.approx(9.0),
+        True,
+    )
+    assert (gates["max_peak_rss_mb"].value, gates["max_peak_rss_mb"].passed) == (pytest.approx(50.0), False)
+    assert (gates["max_load_s"].value, gates["max_load_s"].passed) == (pytest.approx(0.25), False)
+    throughput = gates["min_throughput_texts_per_s"]
+    assert (throughput.value, throughput.passed, throughput.unit) == (pytest.approx(500.0), False, "texts/s")
+    without = [{k: v for k, v in variant.items() if k != "load_s"} for variant in HAND_MADE]
+    with pytest.raises(ValueError, match="has no load_s"):
+        evaluate_gates(without, {"max_load_s": 1.0})
+
+
+def test_the_later_gates_stay_out_of_the_benchmark_key_until_set():
+    from edgekd.recipe.load import load_recipe
+    from edgekd.stages.benchmark import LATER_GATES
+
+    smoke = Path(__file__).resolve().parent.parent / "recipes" / "smoke.yaml"
+    plain = BenchmarkStage().params(load_recipe(smoke))["gates"]
+    assert not set(LATER_GATES) & set(plain)
+    gated = BenchmarkStage().params(load_recipe(smoke, ["gates.max_load_s=2"]))["gates"]
+    assert gated["max_load_s"] == 2 and set(gated) - set(plain) == {"max_load_s"}
 
 
 def test_gates_size_and_accuracy_limits():

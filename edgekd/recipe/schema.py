@@ -415,6 +415,13 @@ class GatesSpec(Strict):
     min_speedup_p50: Number | None = Field(None, gt=0)
     min_compression: Number | None = Field(None, gt=0)
     min_accuracy: Number | None = Field(None, ge=0, le=1)
+    max_latency_p99_ms: Number | None = Field(None, gt=0)
+    max_peak_rss_mb: Number | None = Field(None, gt=0)
+    """The candidate worker's peak resident memory while it loads and serves the batch-1 requests."""
+    max_load_s: Number | None = Field(None, gt=0)
+    """Seconds the candidate's fresh worker process takes to import its runtime and load the folder."""
+    min_throughput_texts_per_s: Number | None = Field(None, gt=0)
+    """Texts per second at the largest batch size the benchmark measures (tokenization included)."""
     beat_optimum_baseline: Flag = False
     """The candidate must be at least as accurate, as fast (p50) and as small as the `optimum-int8` variant."""
 

@@ -61,6 +61,13 @@ def _size_bytes(v: Variant) -> float:
     return _number(v, "size_bytes", v.size_bytes)
 
 
+def _largest_batch_throughput(v: Variant) -> float:
+    """Texts/s at the largest batch size measured (the keys of throughput_texts_per_s are batch sizes)."""
+    rates = v.throughput_texts_per_s or {}
+    largest = max(rates, key=int, default=None)
+    return _number(v, "throughput_texts_per_s", rates[largest] if largest is not None else None)
+
+
 GATE_RULES: tuple[GateRule, ...] = (
     GateRule(
         "max_accuracy_drop_pts",
@@ -103,6 +110,34 @@ GATE_RULES: tuple[GateRule, ...] = (
         "",
         "candidate accuracy (fraction)",
         lambda ref, cand: _accuracy(cand),
+    ),
+    GateRule(
+        "max_latency_p99_ms",
+        "max",
+        "ms",
+        "candidate p99 batch-1 latency of the model call",
+        lambda ref, cand: _number(cand, "latency_ms.p99", cand.latency_ms.p99 if cand.latency_ms else None),
+    ),
+    GateRule(
+        "max_peak_rss_mb",
+        "max",
+        "MB",
+        "candidate worker's peak resident memory serving batch-1 requests",
+        lambda ref, cand: _number(cand, "peak_rss_mb", cand.peak_rss_mb),
+    ),
+    GateRule(
+        "max_load_s",
+        "max",
+        "s",
+        "seconds a fresh process takes to import the runtime and load the candidate",
+        lambda ref, cand: _number(cand, "load_s", cand.load_s),
+    ),
+    GateRule(
+        "min_throughput_texts_per_s",
+        "min",
+        "texts/s",
+        "candidate texts per second at the largest batch size measured",
+        lambda ref, cand: _largest_batch_throughput(cand),
     ),
 )
 
