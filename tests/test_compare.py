@@ -90,3 +90,25 @@ def test_a_value_of_the_wrong_type_is_an_input_error_naming_it(tmp_path):
     (tmp_path / "report.json").write_text(json.dumps(report))
     with pytest.raises(InputError, match=r"variants\.1\.latency_ms"):
         compare_reports(tmp_path, tmp_path)
+
+
+def test_reports_of_other_threads_machines_recipes_or_test_sets_are_said_not_comparable(tmp_path):
+    a, b, same = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "same.json"
+    report_a = _report(4.0, "1.30.0", 1, {"avx2": True})
+    a.write_text(json.dumps({**report_a, "benchmark": {"threads": 1, "test_texts": 7600}}))
+    other = {**_report(4.0, "1.30.0", 2, {"avx2": True, "avx512f": True}), "recipe": "quickstart"}
+    b.write_text(json.dumps({**other, "benchmark": {"threads": 2, "test_texts": 2000}}))
+    same.write_text(json.dumps({**report_a, "benchmark": {"threads": 1, "test_texts": 7600}}))
+    comparison = compare_reports(a, b)
+    assert comparison.not_comparable == [
+        "recipe: r vs quickstart",
+        "test texts: 7600 vs 2000",
+        "latency threads: 1 vs 2",
+        "CPU flags: avx2 vs avx2,avx512f",
+    ]
+    assert compare_reports(a, same).not_comparable == []
+    console = Console(record=True, width=120)
+    print_comparison(comparison, console)
+    text = console.export_text()
+    assert text.index("NOT COMPARABLE") < text.index("per model")  # said before the deltas, which still show
+    assert "latency threads: 1 vs 2" in text and "student-int8-onnx" in text

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,8 @@ class Comparison:
     only_in_a: list[str]
     only_in_b: list[str]
     environment: list[EnvChange]
+    not_comparable: list[str] = field(default_factory=list)
+    """Why the numbers of A and B do not measure the same thing (other recipe, test set, threads or machine)."""
 
 
 def resolve_report(path: str | Path) -> Path:
@@ -137,7 +139,27 @@ def compare_reports(path_a: str | Path, path_b: str | Path) -> Comparison:
         only_in_a=only_a,
         only_in_b=only_b,
         environment=environment_changes(report_a, report_b),
+        not_comparable=comparability_problems(report_a, report_b),
     )
+
+
+def comparability_problems(report_a: Report, report_b: Report) -> list[str]:
+    """What makes two reports' numbers measure different things: the recipe, the test set (its size: the texts
+    themselves are not recorded), the latency threads, or the machine (CPU model, flags, usable cores)."""
+    cpu_a, cpu_b = report_a.environment.cpu, report_b.environment.cpu
+    facts = [
+        ("recipe", report_a.recipe, report_b.recipe),
+        ("test texts", report_a.benchmark.test_texts, report_b.benchmark.test_texts),
+        ("latency threads", report_a.benchmark.threads, report_b.benchmark.threads),
+        ("CPU", cpu_a.model, cpu_b.model),
+        ("CPU flags", _flags(cpu_a.flags), _flags(cpu_b.flags)),
+        ("usable cores", cpu_a.usable_cores, cpu_b.usable_cores),
+    ]
+    return [f"{what}: {a} vs {b}" for what, a, b in facts if a is not None and b is not None and a != b]
+
+
+def _flags(flags: Mapping[str, bool]) -> str:
+    return ",".join(sorted(name for name, present in flags.items() if present)) or "none"
 
 
 def pair_variants(
@@ -208,6 +230,11 @@ def print_comparison(comparison: Comparison, console: Console) -> None:
     console.print(
         f"A: {comparison.path_a}\nB: {comparison.path_b}", highlight=False, soft_wrap=True, markup=False
     )
+    if comparison.not_comparable:
+        # Said first and loudly: the deltas below still show, but they mix what changed with how it was measured.
+        console.print(Text("NOT COMPARABLE: these reports measure different things", style="bold red"))
+        for problem in comparison.not_comparable:
+            console.print(Text(f"  {problem}", style="red"))
     table = Table(title="per model: A → B")
     for column in ("variant", "metric", "A", "B", "Δ", "Δ %"):
         table.add_column(column, justify="left" if column in ("variant", "metric") else "right")
