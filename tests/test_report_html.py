@@ -95,6 +95,12 @@ def test_page_without_training_logs_or_lengths_leaves_those_charts_out():
     assert "chart-pareto" in page and "chart-seq-latency" not in page and "chart-training" not in page
 
 
+def test_a_page_with_no_gates_is_not_a_green_pass():
+    page = render_report_html({**REPORT, "gates": [], "passed": True}, {})
+    assert "NO GATES SET: nothing was checked" in page
+    assert "verdict pass" not in page  # a forwarded page must not look signed off
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
 def test_chromium_renders_every_chart(tmp_path: Path):
     page = tmp_path / "report.html"

@@ -33,6 +33,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24
 h1 { font-size: 1.5em; margin-bottom: 4px; } h2 { font-size: 1.15em; margin-top: 28px; }
 .verdict { font-size: 1.2em; font-weight: 600; padding: 8px 12px; border-radius: 6px; display: inline-block; }
 .pass { background: #e3f4e8; color: #17622f; } .fail { background: #fbe4e2; color: #9b1c13; }
+.unchecked { background: #eeeeee; color: #333333; }
 table { border-collapse: collapse; font-size: 0.88em; margin: 8px 0; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: right; }
 th { background: #f4f4f4; } td:first-child, th:first-child, td:last-child { text-align: left; }
@@ -473,7 +474,8 @@ def _verdict_html(report: Report) -> str:
     gates = report.gates
     failed = report.failed_gates
     if not gates:
-        return "<p class='verdict pass'>PASS (no gates set: nothing was checked)</p>"
+        # Not green: a page forwarded for sign-off must not look signed when nothing was checked.
+        return "<p class='verdict unchecked'>NO GATES SET: nothing was checked</p>"
     if failed:
         return f"<p class='verdict fail'>FAIL: {len(failed)} of {len(gates)} gates failed ({_esc(', '.join(failed))})</p>"
     return f"<p class='verdict pass'>PASS: all {len(gates)} gates passed</p>"
