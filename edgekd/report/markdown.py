@@ -54,7 +54,7 @@ def _verdict_section(report: Report) -> str:
     gates = report.gates
     failed = report.failed_gates
     if not gates:
-        verdict = "**Verdict: PASS** (no gates set: nothing was checked)"
+        verdict = "**Verdict: NO GATES SET**: nothing was checked"
     elif failed:
         verdict = f"**Verdict: FAIL**: {len(failed)} of {len(gates)} gates failed ({', '.join(failed)})"
     else:
