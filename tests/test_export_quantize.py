@@ -231,3 +231,29 @@ def test_folder_loads_in_optimum_and_runs_in_a_pipeline(variant, exported, quant
         assert predicted == expected
     else:  # INT8 may legitimately flip near-ties; the labels must still be the model's classes
         assert set(predicted) <= set(model.config.id2label.values())
+
+
+@pytest.mark.parametrize("variant", ["export", "quantize"])
+def test_pipeline_truncates_a_long_text_where_the_runtime_does(variant, exported, quantized, toy_texts):
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer, pipeline
+
+    from edgekd.runtime import Classifier, TruncationWarning
+
+    folder = exported[0] if variant == "export" else quantized[0]
+    max_length = json.loads((folder / "edgekd.json").read_text())["max_length"]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.model_max_length == max_length
+    assert tokenizer.truncation_side == "right"
+    # Well past max_length (32) and past the tiny model's 64 position embeddings, which an unset
+    # model_max_length would feed whole.
+    text = " ".join(toy_texts[0].split() * 20)
+    assert len(tokenizer(text)["input_ids"]) > 3 * max_length
+
+    model = ORTModelForSequenceClassification.from_pretrained(folder)
+    classify = pipeline("text-classification", model=model, tokenizer=tokenizer)
+    (piped,) = classify([text], truncation=True)
+    with pytest.warns(TruncationWarning):
+        (ours,) = Classifier.load(folder).predict(text)
+    assert piped["label"] == ours.label
+    assert piped["score"] == pytest.approx(ours.score, abs=1e-4)

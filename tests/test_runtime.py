@@ -166,7 +166,12 @@ def test_labels_fall_back_to_config_id2label_without_edgekd_json(folders, tmp_pa
     (folder / "edgekd.json").unlink()
     classifier = Classifier.load(folder, threads=1)
     assert classifier.labels == toy_labels
-    assert classifier.max_length == 64  # the tiny model's max_position_embeddings
+    assert classifier.max_length == 32  # tokenizer_config.json's model_max_length, the recipe's max_length
+    tokenizer_config = folder / "tokenizer_config.json"
+    config = json.loads(tokenizer_config.read_text())
+    del config["model_max_length"]
+    tokenizer_config.write_text(json.dumps(config))
+    assert Classifier.load(folder, threads=1).max_length == 64  # the tiny model's max_position_embeddings
 
 
 @pytest.mark.parametrize(

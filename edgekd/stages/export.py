@@ -4,7 +4,9 @@ Output folder (the artifact contract):
 
 * `model.onnx` (+ external weight files, if the exporter had to write any): dynamic batch and sequence axes;
 * `config.json` and the tokenizer files, so `ORTModelForSequenceClassification.from_pretrained(folder)` and
-  `transformers.pipeline` load it, and so does the torch-free `edgekd.runtime.Classifier`;
+  `transformers.pipeline` load it, and so does the torch-free `edgekd.runtime.Classifier`; tokenizer_config.json
+  sets `model_max_length` to `data.max_length` and right-side truncation, so `pipeline(..., truncation=True)`
+  cuts a long text where the runtime does;
 * `edgekd.json`: labels, max_length, the ONNX inputs and provenance (recipe, source folder, versions, opset);
 * `parity.json`: |ONNX - PyTorch| logits on the first validation texts. A difference beyond
   `export.atol`, or any disagreement on the predicted class, fails the stage with `ParityError`.
@@ -92,6 +94,7 @@ class ExportStage(StageBase):
 
         ctx.log(f"export: {source} -> ONNX opset {recipe.export.opset}")
         export_onnx(source, out_dir, recipe.export.opset)
+        write_tokenizer_limits(out_dir, max_length)
         onnx_path = out_dir / MODEL_FILE
 
         texts = splits.texts("validation")[: recipe.export.parity_samples]
@@ -163,6 +166,23 @@ def export_onnx(source: Path, out_dir: Path, opset: int) -> None:
             raise StageError(f"ONNX export of {source} failed: {first_line(exc)}") from exc
     if not (out_dir / MODEL_FILE).is_file():
         raise StageError(f"the exporter wrote no {MODEL_FILE} into {out_dir}")
+
+
+def write_tokenizer_limits(out_dir: Path, max_length: int) -> None:
+    """Set the exported tokenizer_config.json to truncate where edgekd.runtime does: at `max_length`, on the right.
+
+    Without it the config keeps the source's limit (often unset), and `transformers.pipeline(..., truncation=True)`
+    feeds texts longer than the recipe's max_length: another input than the runtime scores, or a crash past the
+    model's position embeddings.
+
+    Raises:
+        StageError: the exporter wrote no tokenizer_config.json.
+    """
+    path = out_dir / TOKENIZER_CONFIG_FILE
+    config = read_json_object(path)
+    if config is None:
+        raise StageError(f"the exporter wrote no {TOKENIZER_CONFIG_FILE} into {out_dir}")
+    write_json(path, {**config, "model_max_length": max_length, "truncation_side": "right"})
 
 
 def read_model_labels(model_dir: Path) -> list[str]:
