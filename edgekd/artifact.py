@@ -22,6 +22,7 @@ inside the functions that need them, tokenizer objects are passed in, and torch 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -335,6 +336,36 @@ def folder_size(folder: str | Path, onnx: bool = True) -> int:
                 hint="copy the whole model folder, with every file the graph refers to",
             ) from None
     return total
+
+
+def file_digests(folder: str | Path, onnx: bool = True) -> list[dict[str, Any]]:
+    """Every file the model needs (as `folder_size` counts them), relative to `folder`, with its size and sha256:
+    what a sign-off names, so a device run can prove it measured the same bytes.
+
+    Raises:
+        InputError: When the folder has no model weights or a file is missing or unreadable.
+    """
+    root = Path(folder)
+    digests = []
+    for path in model_files(root, onnx):
+        sha = hashlib.sha256()
+        try:
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    sha.update(block)
+        except OSError:
+            raise InputError(
+                f"the model file {path} is missing or unreadable",
+                hint="copy the whole model folder, with every file the graph refers to",
+            ) from None
+        digests.append(
+            {
+                "path": path.relative_to(root).as_posix(),
+                "bytes": path.stat().st_size,
+                "sha256": sha.hexdigest(),
+            }
+        )
+    return digests
 
 
 def onnx_model_path(folder: Path) -> Path:

@@ -384,6 +384,10 @@ KEYS_BEFORE_THE_SCHEMA = {
 }
 
 
+# Optional keys added since (within the same schema version: nothing changed meaning or went away).
+ADDED_SINCE = {"variant": {"files"}}
+
+
 @pytest.mark.slow
 def test_the_typed_report_keeps_every_key_and_declares_every_one_it_writes(benchmarked_run):
     from edgekd.report.schema import SCHEMA_VERSION, Report, undeclared_keys
@@ -402,11 +406,29 @@ def test_the_typed_report_keeps_every_key_and_declares_every_one_it_writes(bench
     }
     assert written == {key: keys for key, keys in KEYS_BEFORE_THE_SCHEMA.items() if key != "variant"}
     for v in report["variants"]:
-        assert set(v) == KEYS_BEFORE_THE_SCHEMA["variant"], v["name"]
+        assert set(v) == KEYS_BEFORE_THE_SCHEMA["variant"] | ADDED_SINCE["variant"], v["name"]
     # The writer produces declared fields only, at every depth; reading the file back keeps every value.
     typed = Report.model_validate(report)
     assert undeclared_keys(typed) == []
     assert typed.to_json() == report
+
+
+@pytest.mark.slow
+def test_the_report_names_every_measured_file_with_its_sha256(benchmarked_run):
+    import hashlib
+
+    report = json.loads((benchmarked_run / "report" / "report.json").read_text())
+    shipped = next(v for v in report["variants"] if v["name"] == "student-int8-onnx")
+    folder = benchmarked_run / "quantize"
+    assert "model.onnx" in {f["path"] for f in shipped["files"]}
+    for f in shipped["files"]:
+        data = (folder / f["path"]).read_bytes()
+        assert (f["bytes"], f["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    assert sum(f["bytes"] for f in shipped["files"]) == shipped["size_bytes"]  # the files the size counts
+    teacher = report["variants"][0]
+    assert any(f["path"].endswith(".safetensors") for f in teacher["files"])
+    page = (benchmarked_run / "report" / "report.md").read_text()
+    assert "## Files of `student-int8-onnx`" in page and shipped["files"][0]["sha256"] in page
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgekd._version import __version__
-from edgekd.artifact import folder_size, param_count
+from edgekd.artifact import file_digests, folder_size, param_count
 from edgekd.bench.inputs import check_labels
 from edgekd.bench.measure import round_slices
 from edgekd.bench.spec import HarnessSettings, MeasuredModel, Measurements
@@ -42,6 +42,7 @@ from edgekd.report.schema import (
     LengthLatency,
     Percentiles,
     Report,
+    ShippedFile,
     Variant,
 )
 
@@ -93,6 +94,9 @@ def variant_records(
     for model in models:
         record = variant_record(model, measured[model.name], predictions[model.name], gold, labels)
         record.folder = _shown_path(model.folder, relative_to)
+        record.files = [
+            ShippedFile.model_validate(f) for f in file_digests(model.folder, onnx=model.format == "onnx")
+        ]
         if out_of_scope is not None:
             scores = out_of_scope_scores(gold, predictions[model.name], out_of_scope)
             record.in_scope_accuracy = scores["in_scope_accuracy"]

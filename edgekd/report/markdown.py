@@ -38,6 +38,7 @@ def write_report_md(report: Report | Mapping[str, Any], path: str | Path) -> Non
         _setup_section(report),
         _variants_section(report),
         _gates_section(report),
+        _signed_files_section(report),
         _out_of_scope_section(report),
         _stage_times_section(report),
         _student_budget_section(report),
@@ -252,6 +253,16 @@ def _stage_times_section(report: Report) -> str:
         "the benchmark's own time is in `stage.json` next to this report."
     )
     return "## Where the time went\n\n" + note + "\n\n" + _table(["stage", "seconds", "share"], rows)
+
+
+def _signed_files_section(report: Report) -> str:
+    """The candidate's files with their sha256: the bytes this verdict is about."""
+    candidate = next((v for v in report.variants if v.name == report.candidate), None)
+    if candidate is None or not candidate.files:
+        return ""
+    rows = [[f"`{f.path}`", f"{f.bytes:,}", f"`{f.sha256}`"] for f in candidate.files]
+    where = f" ({candidate.folder})" if candidate.folder else ""
+    return f"## Files of `{candidate.name}`{where}\n\n" + _table(["file", "bytes", "sha256"], rows)
 
 
 def _student_budget_section(report: Report) -> str:

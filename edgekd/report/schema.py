@@ -92,6 +92,15 @@ class BoxStats(Section):
     max: float
 
 
+class ShippedFile(Section):
+    """One file of a measured model folder: what was signed, byte for byte."""
+
+    path: str
+    """Relative to the model folder."""
+    bytes: int
+    sha256: str
+
+
 class ClassScores(Section):
     """One class's scores on the test split."""
 
@@ -164,6 +173,8 @@ class Variant(Section):
     raw: str | None = None
     """Per-request latencies and predictions, relative to the report folder."""
     folder: str | None = None
+    files: list[ShippedFile] | None = None
+    """Every file the model needs (weights, graph, config, tokenizer), with its size and sha256."""
     in_scope_accuracy: float | None = None
     """Accuracy on the test rows whose true class is not the out-of-scope one (with benchmark.out_of_scope_label)."""
     out_of_scope_recall: float | None = None
