@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgekd._version import __version__
-from edgekd.artifact import file_digests, folder_size, param_count
+from edgekd.artifact import file_digests, param_count
 from edgekd.bench.inputs import check_labels
 from edgekd.bench.measure import round_slices
 from edgekd.bench.spec import HarnessSettings, MeasuredModel, Measurements
@@ -94,9 +94,6 @@ def variant_records(
     for model in models:
         record = variant_record(model, measured[model.name], predictions[model.name], gold, labels)
         record.folder = _shown_path(model.folder, relative_to)
-        record.files = [
-            ShippedFile.model_validate(f) for f in file_digests(model.folder, onnx=model.format == "onnx")
-        ]
         if out_of_scope is not None:
             scores = out_of_scope_scores(gold, predictions[model.name], out_of_scope)
             record.in_scope_accuracy = scores["in_scope_accuracy"]
@@ -114,7 +111,8 @@ def variant_record(
     n_classes = len(labels)
     gold_arr = np.asarray(gold, dtype=np.int64)
     lo, hi = bootstrap_ci(result.model_ms, np.median, n_boot=N_BOOT, seed=0)
-    size = folder_size(model.folder, onnx=onnx)
+    files = [ShippedFile.model_validate(f) for f in file_digests(model.folder, onnx=onnx)]
+    size = sum(f.bytes for f in files)  # the same files folder_size counts, read once
     n_texts = len(result.predictions)
     scores = per_class_scores(gold, predicted.tolist(), n_classes)
     return Variant(
@@ -124,6 +122,7 @@ def variant_record(
         macro_f1=macro_f1(gold, predicted.tolist(), n_classes),
         per_class={label: ClassScores.model_validate(s) for label, s in zip(labels, scores, strict=True)},
         size_bytes=size,
+        files=files,
         size_mb=size / 1e6,
         params=param_count(model.folder, onnx=onnx),
         latency_ms=Latency.model_validate({**percentiles(result.model_ms), "p50_ci95": (lo, hi)}),

@@ -67,10 +67,15 @@ def compress(
             report_dir=run_dir / "report" if run_dir else None,
             ship=shipped_folder(run_dir) if run_dir else None,
         )
+    raise_on_failed_gates(report)
+
+
+def raise_on_failed_gates(report: Report) -> None:
+    """Exit 3 (GateFailed) when a sign-off gate failed; the report is already written."""
     if not report.passed:
-        failed = report.failed_gates
         raise GateFailed(
-            f"sign-off gate(s) failed: {', '.join(failed)}", hint="see the report for the numbers"
+            f"sign-off gate(s) failed: {', '.join(report.failed_gates)}",
+            hint="see the report for the numbers",
         )
 
 
@@ -218,11 +223,7 @@ def benchmark(
         models, spec, output_dir, settings, gates, title="benchmark", candidate=candidate, log=_log, lock=True
     )
     print_summary(report, report_dir=output_dir)
-    if not report.passed:
-        failed = report.failed_gates
-        raise GateFailed(
-            f"sign-off gate(s) failed: {', '.join(failed)}", hint="see the report for the numbers"
-        )
+    raise_on_failed_gates(report)
 
 
 @app.command()

@@ -78,6 +78,15 @@ class Comparison:
     """Why the numbers of A and B do not measure the same thing (other recipe, test set, threads or machine)."""
 
 
+# environment_facts keys that make two reports measure different things, and how `compare` names them.
+COMPARABILITY_FACTS = {
+    "benchmark.threads": "latency threads",
+    "cpu.model": "CPU",
+    "cpu.flags": "CPU flags",
+    "cpu.usable_cores": "usable cores",
+}
+
+
 def resolve_report(path: str | Path) -> Path:
     """A report.json path from a report.json, a report folder, or a run folder (run/report/report.json).
 
@@ -146,20 +155,14 @@ def compare_reports(path_a: str | Path, path_b: str | Path) -> Comparison:
 def comparability_problems(report_a: Report, report_b: Report) -> list[str]:
     """What makes two reports' numbers measure different things: the recipe, the test set (its size: the texts
     themselves are not recorded), the latency threads, or the machine (CPU model, flags, usable cores)."""
-    cpu_a, cpu_b = report_a.environment.cpu, report_b.environment.cpu
-    facts = [
+    facts_a, facts_b = environment_facts(report_a), environment_facts(report_b)
+    pairs = [
         ("recipe", report_a.recipe, report_b.recipe),
         ("test texts", report_a.benchmark.test_texts, report_b.benchmark.test_texts),
-        ("latency threads", report_a.benchmark.threads, report_b.benchmark.threads),
-        ("CPU", cpu_a.model, cpu_b.model),
-        ("CPU flags", _flags(cpu_a.flags), _flags(cpu_b.flags)),
-        ("usable cores", cpu_a.usable_cores, cpu_b.usable_cores),
+        *((label, facts_a[key], facts_b[key]) for key, label in COMPARABILITY_FACTS.items()),
     ]
-    return [f"{what}: {a} vs {b}" for what, a, b in facts if a is not None and b is not None and a != b]
-
-
-def _flags(flags: Mapping[str, bool]) -> str:
-    return ",".join(sorted(name for name, present in flags.items() if present)) or "none"
+    unknown = (None, "–")  # a side that does not say cannot be told apart
+    return [f"{what}: {a} vs {b}" for what, a, b in pairs if a not in unknown and b not in unknown and a != b]
 
 
 def pair_variants(
@@ -195,7 +198,7 @@ def environment_facts(report: Report | Mapping[str, Any]) -> dict[str, str]:
         "cpu.model": env.cpu.model,
         "cpu.usable_cores": env.cpu.usable_cores,
         "cpu.logical_cores": env.cpu.logical_cores,
-        "cpu.flags": ",".join(sorted(k for k, v in env.cpu.flags.items() if v)),
+        "cpu.flags": ",".join(sorted(k for k, v in env.cpu.flags.items() if v)) or "none",
         "python": env.python,
         "platform": env.platform,
         "benchmark.threads": bench.threads,

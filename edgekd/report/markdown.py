@@ -257,7 +257,7 @@ def _stage_times_section(report: Report) -> str:
 
 def _signed_files_section(report: Report) -> str:
     """The candidate's files with their sha256: the bytes this verdict is about."""
-    candidate = next((v for v in report.variants if v.name == report.candidate), None)
+    candidate = report.variant(report.candidate) if report.candidate else None
     if candidate is None or not candidate.files:
         return ""
     rows = [[f"`{f.path}`", f"{f.bytes:,}", f"`{f.sha256}`"] for f in candidate.files]
