@@ -407,8 +407,15 @@ def _read_records(path: Path, repaired: Counter[str] | None = None) -> Iterator[
 
 
 def _read_parquet(path: Path) -> list[dict[str, Any]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:  # a device install (numpy, onnxruntime, tokenizers) has no pyarrow
+        raise DataError(
+            f"{path}: reading parquet needs the Python package 'pyarrow', which is not installed",
+            hint="pip install pyarrow, or convert the file to .jsonl or .csv "
+            "(e.g. pandas.read_parquet(path).to_json(out, orient='records', lines=True))",
+        ) from None
 
     try:
         rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()

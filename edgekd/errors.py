@@ -1,7 +1,8 @@
 """One error hierarchy, mapped by the CLI to a one-line message, a hint and an exit code.
 
 Exit codes: 0 success, 1 a failure that is not the input's fault (including a full disk or a folder that cannot
-be written: `ResourceError`), 2 bad recipe or input, 3 a sign-off gate failed.
+be written: `ResourceError`), 2 bad recipe or input, 3 a sign-off gate failed, 4 no gate failed but one is
+inconclusive (its interval straddles its limit: measure again with more requests).
 """
 
 from __future__ import annotations
@@ -145,3 +146,11 @@ class GateFailed(EdgekdError):
     """At least one sign-off gate failed; the report is written and says which."""
 
     exit_code = 3
+
+
+class GateInconclusive(EdgekdError):
+    """No sign-off gate failed, but at least one is inconclusive: the 95% interval of its value straddles its
+    limit, so the same files could pass or fail on another run. The report is written; the hint names the
+    number of batch-1 requests to measure again with. Not a `GateFailed`: nothing was shown to be wrong."""
+
+    exit_code = 4

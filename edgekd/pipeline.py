@@ -152,6 +152,10 @@ def compress(
                 stage, recipe, run_dir, inputs, force=force, log=log, upstream=records
             )
             keys[stage.name], records[stage.name] = key, record
+            if skipped and stage.name == "benchmark" and is_main_process():
+                from edgekd.stages.benchmark import restore_model_card
+
+                restore_model_card(run_dir)
             how = "cached, skipped" if skipped else f"done in {record['wall_time_s']:.1f}s"
             log(f"[{stage.name}] {how}")
             if stage.name == "teacher":  # fresh or cached: a teacher that learned nothing stops the run here

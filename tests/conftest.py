@@ -5,7 +5,9 @@ No network, no large files: everything is made here from the toy dataset committ
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,38 @@ def tiny_classifier_dir(tmp_path_factory, tiny_tokenizer, toy_labels) -> Path:
     model.save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
     return folder
+
+
+# The tiny classifier as the export and quantize stages lay out their folders (edgekd.json records max_length).
+ONNX_MAX_LENGTH = 32
+ONNX_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+@pytest.fixture(scope="session")
+def onnx_dir(tmp_path_factory, tiny_classifier_dir, toy_labels) -> Path:
+    """The tiny classifier exported to ONNX (fp32), laid out as the quantize stage lays out its folder."""
+    from optimum.exporters.onnx import main_export
+
+    folder = tmp_path_factory.mktemp("onnx_fp32")
+    main_export(str(tiny_classifier_dir), output=folder, task="text-classification", do_validation=False)
+    _complete_onnx_folder(folder, tiny_classifier_dir, toy_labels)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def int8_dir(tmp_path_factory, onnx_dir, tiny_classifier_dir, toy_labels) -> Path:
+    """The same model after dynamic INT8 quantization, as <run>/quantize/ holds it."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = tmp_path_factory.mktemp("onnx_int8")
+    quantize_dynamic(onnx_dir / "model.onnx", folder / "model.onnx", weight_type=QuantType.QInt8)
+    shutil.copy(onnx_dir / "config.json", folder / "config.json")
+    _complete_onnx_folder(folder, tiny_classifier_dir, toy_labels)
+    return folder
+
+
+def _complete_onnx_folder(folder: Path, source: Path, labels: list[str]) -> None:
+    for name in ONNX_TOKENIZER_FILES:
+        if not (folder / name).exists():
+            shutil.copy(source / name, folder / name)
+    (folder / "edgekd.json").write_text(json.dumps({"labels": labels, "max_length": ONNX_MAX_LENGTH}))

@@ -26,7 +26,6 @@ from edgekd.stages.benchmark import BenchmarkStage, check_threads, latency_sampl
 from edgekd.stages.runner import read_stage_json, run_stage
 
 MAX_LENGTH = 32
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
 @pytest.fixture(scope="module")
@@ -40,36 +39,6 @@ def texts_file(tmp_path_factory, test_texts) -> Path:
     path = tmp_path_factory.mktemp("bench_inputs") / "texts.json"
     path.write_text(json.dumps({"texts": test_texts, "latency_texts": test_texts[:8]}))
     return path
-
-
-@pytest.fixture(scope="module")
-def onnx_dir(tmp_path_factory, tiny_classifier_dir, toy_labels) -> Path:
-    """The tiny classifier exported to ONNX (fp32), laid out as the quantize stage lays out its folder."""
-    from optimum.exporters.onnx import main_export
-
-    folder = tmp_path_factory.mktemp("onnx_fp32")
-    main_export(str(tiny_classifier_dir), output=folder, task="text-classification", do_validation=False)
-    _complete_onnx_folder(folder, tiny_classifier_dir, toy_labels)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def int8_dir(tmp_path_factory, onnx_dir, tiny_classifier_dir, toy_labels) -> Path:
-    """The same model after dynamic INT8 quantization, as <run>/quantize/ holds it."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    folder = tmp_path_factory.mktemp("onnx_int8")
-    quantize_dynamic(onnx_dir / "model.onnx", folder / "model.onnx", weight_type=QuantType.QInt8)
-    shutil.copy(onnx_dir / "config.json", folder / "config.json")
-    _complete_onnx_folder(folder, tiny_classifier_dir, toy_labels)
-    return folder
-
-
-def _complete_onnx_folder(folder: Path, source: Path, labels: list[str]) -> None:
-    for name in TOKENIZER_FILES:
-        if not (folder / name).exists():
-            shutil.copy(source / name, folder / name)
-    (folder / "edgekd.json").write_text(json.dumps({"labels": labels, "max_length": MAX_LENGTH}))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -385,7 +354,15 @@ KEYS_BEFORE_THE_SCHEMA = {
 
 
 # Optional keys added since (within the same schema version: nothing changed meaning or went away).
-ADDED_SINCE = {"variant": {"files"}}
+ADDED_SINCE = {
+    "variant": {"files", "accuracy_ci95", "throughput_range_texts_per_s", "paired_diffs", "source"},
+    "benchmark": {"test_texts_sha256", "out_of_scope_label"},
+    "latency_ms": {"p90_ci95", "p99_ci95"},
+    "gate": {"verdict", "ci95", "ci95_from", "rule", "suggested_samples"},
+    "environment": {"virtualization", "os"},
+    "cpu": {"vendor", "family", "model_number", "stepping", "implementer", "part", "variant", "revision"}
+    | {"base_mhz", "max_mhz", "governor", "caches_kib"},
+}
 
 
 @pytest.mark.slow
@@ -404,7 +381,11 @@ def test_the_typed_report_keeps_every_key_and_declares_every_one_it_writes(bench
         "latency_ms": set(report["variants"][0]["latency_ms"]),
         "gate": set(report["gates"][0]),
     }
-    assert written == {key: keys for key, keys in KEYS_BEFORE_THE_SCHEMA.items() if key != "variant"}
+    assert written == {
+        key: keys | ADDED_SINCE.get(key, set())
+        for key, keys in KEYS_BEFORE_THE_SCHEMA.items()
+        if key != "variant"
+    }
     for v in report["variants"]:
         assert set(v) == KEYS_BEFORE_THE_SCHEMA["variant"] | ADDED_SINCE["variant"], v["name"]
     # The writer produces declared fields only, at every depth; reading the file back keeps every value.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +23,15 @@ EXPECTED_FILES = {
     "teacher": {"stage.json", "log_history.json", *HF_MODEL},
     "distill": {"stage.json", "log_history.json", *HF_MODEL},
     "export": {"stage.json", "parity.json", *ONNX_FOLDER},
-    "quantize": {"stage.json", "quantize.json", *ONNX_FOLDER},
+    # The folder users ship: the deployment and its model card only (its record is kept beside it).
+    "quantize": {"README.md", *ONNX_FOLDER},
 }
+
+
+def stage_record(run_dir: Path, stage: str) -> dict:
+    """A stage's stage.json: in its folder, or beside the shipped one (quantize.stage.json)."""
+    path = run_dir / f"{stage}.stage.json" if stage == "quantize" else run_dir / stage / "stage.json"
+    return json.loads(path.read_text())
 
 
 def edgekd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -78,16 +87,58 @@ def test_each_stage_writes_exactly_its_files(smoke_run) -> None:
         folder = run_dir / stage
         files = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
         assert files == expected, stage
-        record = json.loads((folder / "stage.json").read_text())
+        record = stage_record(run_dir, stage)
         assert {"key", "params", "inputs", "wall_time_s"} <= set(record)
     assert {p.name for p in run_dir.iterdir()} >= {"recipe.resolved.yaml", "env.json", "report", "cache"}
     assert not list(run_dir.glob(".*.partial")), "a partial stage folder was left behind"
 
 
 @pytest.mark.e2e
+def test_the_shipped_folder_carries_a_model_card_of_its_report(smoke_run) -> None:
+    run_dir, _ = smoke_run
+    folder = run_dir / "quantize"
+    card = (folder / "README.md").read_text()
+    report_bytes = (run_dir / "report" / "report.json").read_bytes()
+    report = json.loads(report_bytes)
+    manifest = json.loads((folder / "edgekd.json").read_text())
+    assert f"`report.json` sha256 `{hashlib.sha256(report_bytes).hexdigest()}`" in card
+    candidate = next(v for v in report["variants"] if v["name"] == report["candidate"])
+    assert f"| Accuracy (test split) | {candidate['accuracy']:.4f} on " in card
+    assert f"| Latency p50, batch 1 | {candidate['latency_ms']['p50']:.3f} ms on 1 thread " in card
+    assert f"| Speed-up vs teacher (p50) | {candidate['speedup_p50']:.1f}x |" in card
+    assert f"| Compression vs teacher (size) | {candidate['compression']:.1f}x |" in card
+    assert f"{report['environment']['cpu']['model']}, " in card
+    assert "### Gates: PASS" in card
+    for gate in report["gates"]:
+        assert f"| `{gate['name']}` |" in card
+    assert f"| Labels | {len(manifest['labels'])}: {', '.join(manifest['labels'])} |" in card
+    assert f"| Max length | {manifest['max_length']} tokens" in card
+    # Not a model file: the report's digests and size never count it.
+    assert "README.md" not in {f["path"] for f in candidate["files"]}
+    # No path of the build machine in what ships; the run's bookkeeping is beside the folder.
+    assert manifest["provenance"]["source"] == "distill/model"
+    assert str(run_dir) not in "".join(p.read_text(errors="replace") for p in folder.glob("*.json"))
+    assert (run_dir / "quantize.stage.json").is_file()
+
+
+@pytest.mark.e2e
+def test_the_model_cards_snippets_run_and_agree(smoke_run, monkeypatch, capsys) -> None:
+    run_dir, _ = smoke_run
+    card = (run_dir / "quantize" / "README.md").read_text()
+    runtime, _optimum, plain = re.findall(r"```python\n(.*?)```", card, re.S)
+    monkeypatch.chdir(run_dir)  # the card's paths are relative to the folder above the shipped one
+    exec(runtime, {})
+    exec(plain, {})
+    ours, theirs = capsys.readouterr().out.splitlines()
+    label, score = theirs.rsplit(" ", 1)
+    assert ours.startswith(f"Prediction(label='{label}', score=")
+    assert float(ours.split("score=")[1].split(",")[0]) == pytest.approx(float(score), abs=1e-4)
+
+
+@pytest.mark.e2e
 def test_rerun_skips_finished_stages_and_a_gate_change_reruns_only_the_benchmark(smoke_run) -> None:
     run_dir, _ = smoke_run
-    before = {s: json.loads((run_dir / s / "stage.json").read_text())["key"] for s in EXPECTED_FILES}
+    before = {s: stage_record(run_dir, s)["key"] for s in EXPECTED_FILES}
     again = edgekd("compress", str(SMOKE), "--output-dir", str(run_dir))
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stderr.count("cached, skipped") == 5
@@ -97,7 +148,7 @@ def test_rerun_skips_finished_stages_and_a_gate_change_reruns_only_the_benchmark
     assert "gate(s) failed: max_size_mb" in failing.stderr
     report = json.loads((run_dir / "report" / "report.json").read_text())
     assert report["passed"] is False
-    after = {s: json.loads((run_dir / s / "stage.json").read_text())["key"] for s in EXPECTED_FILES}
+    after = {s: stage_record(run_dir, s)["key"] for s in EXPECTED_FILES}
     assert before == after
 
 

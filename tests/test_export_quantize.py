@@ -17,13 +17,19 @@ from edgekd.stages import export as export_module
 from edgekd.stages.base import StageContext, StageResult
 from edgekd.stages.export import ExportStage, check_parity, compare_logits
 from edgekd.stages.quantize.ort import resolve_weight_type
-from edgekd.stages.quantize.stage import QuantizeStage, count_quantized_matmuls, count_weight_matmuls
+from edgekd.stages.quantize.stage import (
+    QuantizeStage,
+    count_quantized_matmuls,
+    count_weight_matmuls,
+    with_run_relative_source,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PARITY_SAMPLES = 24
 TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"}
 EXPORT_FILES = {"model.onnx", "config.json", "edgekd.json", "parity.json", *TOKENIZER_FILES}
-QUANTIZE_FILES = {"model.onnx", "config.json", "edgekd.json", "quantize.json", *TOKENIZER_FILES}
+# The folder users ship: nothing but the deployment (the stage's details go to its record, beside the folder).
+QUANTIZE_FILES = {"model.onnx", "config.json", "edgekd.json", *TOKENIZER_FILES}
 # 2 layers x (query, key, value, attention output, intermediate, output) + pooler + classifier.
 TINY_BERT_WEIGHT_MATMULS = 2 * 6 + 2
 
@@ -103,7 +109,7 @@ def test_export_writes_exactly_the_contracted_files(exported, toy_labels):
     assert provenance["recipe"] == "smoke"
     assert provenance["opset"] == 17
     assert provenance["edgekd_version"]
-    assert Path(provenance["source"]).name == "model"
+    assert provenance["source"] == "distill/model"  # relative to the run folder: never a build-machine path
 
 
 def test_export_graph_has_dynamic_batch_and_sequence_axes(exported):
@@ -168,11 +174,12 @@ def test_quantize_writes_exactly_the_contracted_files(exported, quantized, toy_l
     assert quantization["settings"]["weight_type"] == resolve_weight_type("auto")[0]
     assert quantization["settings"]["weight_type_requested"] == "auto"
     assert quantization["settings"]["op_types"] == QuantizeSpec().op_types
-    report = json.loads((folder / "quantize.json").read_text())
-    assert report["settings"] == quantization["settings"]
+    assert quantization["trials"] == "quantize.stage.json: metrics.fp32_fallback.trials"
+    report = result.metrics  # what quantize.json held, in the stage's record
+    assert [t["purpose"] for t in report["fp32_fallback"]["trials"]] == ["all-int8"]
+    assert report["fp32_weight_matmuls"] == TINY_BERT_WEIGHT_MATMULS
     # The accuracy measured for this very file, and for the fp32 ONNX it came from, on the validation split.
     accuracy = manifest["accuracy"]
-    assert accuracy == report["accuracy"]
     assert accuracy["split"] == "validation" and accuracy["samples"] == 96  # recipes/data/toy_topics
     assert result.metrics["validation_accuracy_int8"] == accuracy["int8_onnx"]
     assert result.metrics["validation_accuracy_fp32"] == accuracy["fp32_onnx"]
@@ -182,6 +189,16 @@ def test_quantize_writes_exactly_the_contracted_files(exported, quantized, toy_l
     assert report["fp32_bytes"] == result.metrics["fp32_bytes"] == (exported[0] / "model.onnx").stat().st_size
     assert report["int8_bytes"] == result.metrics["int8_bytes"] == (folder / "model.onnx").stat().st_size
     assert report["int8_bytes"] < report["fp32_bytes"]
+
+
+def test_an_export_folder_from_before_gets_a_run_relative_source(tmp_path):
+    def source(value: str) -> str:
+        manifest = {"labels": ["a"], "provenance": {"recipe": "r", "source": value}}
+        return with_run_relative_source(manifest, tmp_path)["provenance"]["source"]
+
+    assert source(str(tmp_path / "prune_vocab" / "model")) == "prune_vocab/model"
+    assert source("/root/edgekd-runs/other/distill/model") == "distill/model"  # another machine's run
+    assert source("distill/model") == "distill/model"
 
 
 def test_every_weight_matmul_is_quantized(exported, quantized):
@@ -257,3 +274,117 @@ def test_pipeline_truncates_a_long_text_where_the_runtime_does(variant, exported
         (ours,) = Classifier.load(folder).predict(text)
     assert piped["label"] == ours.label
     assert piped["score"] == pytest.approx(ours.score, abs=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The model card (README.md): what the benchmark stage writes into this folder, from its report
+
+
+def card_report() -> dict:
+    """A report.json as the benchmark writes it, cut to what the card shows."""
+    latency = {"p50": 1.2345, "p90": 1.5, "p99": 2.0}
+    return {
+        "recipe": "smoke",
+        "edgekd_version": "0.0.test",
+        "created_utc": "2026-01-01T00:00:00+00:00",
+        "environment": {
+            "cpu": {
+                "model": "Test CPU 9000",
+                "logical_cores": 2,
+                "usable_cores": 2,
+                "flags": {"avx2": True, "avx512_vnni": False},
+            },
+            "versions": {"onnxruntime": "1.2.3"},
+            "platform": "Linux-test",
+        },
+        "benchmark": {"test_texts": 120},
+        "reference": "teacher",
+        "candidate": "student-int8-onnx",
+        "variants": [
+            {"name": "teacher", "accuracy": 0.9},
+            {
+                "name": "student-int8-onnx",
+                "accuracy": 0.875,
+                "threads": 1,
+                "latency_ms": latency,
+                "size_bytes": 1234567,
+                "size_mb": 1.234567,
+                "speedup_p50": 12.34,
+                "compression": 8.76,
+                "accuracy_diff_vs_reference_pts": {"diff": -2.5, "ci95": [-4.0, -1.0]},
+                "files": [{"path": "model.onnx", "bytes": 1, "sha256": "0" * 64}],
+            },
+        ],
+        "gates": [
+            {
+                "name": "max_accuracy_drop_pts",
+                "limit": 3.0,
+                "value": 2.5,
+                "passed": True,
+                "comparison": "<=",
+                "unit": "pts",
+            },
+            {
+                "name": "max_size_mb",
+                "limit": 1.0,
+                "value": 1.23,
+                "passed": False,
+                "comparison": "<=",
+                "unit": "MB",
+            },
+        ],
+        "passed": False,
+    }
+
+
+def test_the_model_card_shows_the_report_and_its_snippets_run(
+    quantized, toy_labels, tmp_path, monkeypatch, capsys
+):
+    import hashlib
+    import re
+
+    from edgekd.report.model_card import model_card, render_model_card
+    from edgekd.report.schema import Report
+    from edgekd.runtime import Classifier
+    from edgekd.stages.benchmark import restore_model_card
+
+    folder = quantized[0]
+    report_path = tmp_path / "report.json"
+    report_path.write_text(json.dumps(card_report()))
+    card = model_card(folder, Report.model_validate(card_report()), report_path)
+    assert f"sha256 `{hashlib.sha256(report_path.read_bytes()).hexdigest()}`" in card
+    assert f"| Labels | {len(toy_labels)}: {', '.join(toy_labels)} |" in card
+    assert "| Max length | 32 tokens" in card
+    assert "| Precision | int8-dynamic (onnxruntime.quantization.quantize_dynamic" in card
+    assert "| Accuracy (test split) | 0.8750 on 120 texts (teacher: 0.9000, -2.50 pts) |" in card
+    assert "| Latency p50, batch 1 | 1.234 ms on 1 thread (p90 1.500 ms, p99 2.000 ms;" in card
+    assert (
+        "| Speed-up vs teacher (p50) | 12.3x |" in card and "| Compression vs teacher (size) | 8.8x |" in card
+    )
+    assert "Measured on: Test CPU 9000, 2 logical cores (2 usable); flags: avx2; onnxruntime 1.2.3" in card
+    assert "### Gates: FAIL (max_size_mb)" in card
+    assert "| `max_size_mb` | <= 1 MB | 1.23 MB | FAIL |" in card
+    assert "`model.onnx`, `README.md`" in card
+    assert "Not benchmarked yet" in render_model_card({"labels": ["a"]}, None, "", "quantize")
+
+    # A cached benchmark whose candidate has no card (a run from before cards) writes it from its report.
+    run = tmp_path / "run"
+    shutil.copytree(folder, run / "quantize")
+    (run / "report").mkdir()
+    shutil.copy(report_path, run / "report" / "report.json")
+    restore_model_card(run)
+    assert (run / "quantize" / "README.md").read_text() == card
+
+    # The feeds are the graph's inputs, as edgekd.json lists them; the snippets run from the folder above.
+    runtime, optimum, plain = re.findall(r"```python\n(.*?)```", card, re.S)
+    assert 'from_pretrained("quantize")' in optimum
+    for name in json.loads((folder / "edgekd.json").read_text())["inputs"]:
+        assert f'"{name}": np.array(' in plain
+    monkeypatch.chdir(run)
+    exec(runtime, {})
+    exec(plain, {})
+    ours, theirs = capsys.readouterr().out.splitlines()
+    label, score = theirs.rsplit(" ", 1)
+    expected = Classifier.load(folder).predict(["Type the text to classify here"])[0]
+    assert ours == repr(expected)
+    assert (label, float(score)) == (expected.label, pytest.approx(expected.score, abs=1e-5))

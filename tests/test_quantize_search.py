@@ -119,7 +119,7 @@ def recipe_for(broken: dict, *overrides: str) -> Recipe:
 def test_over_budget_int8_falls_back_to_fp32_for_the_broken_matmul_only(broken, tmp_path):
     result = quantize(broken, tmp_path / "quantize", "quantize.max_accuracy_drop_pts=5")
     folder = tmp_path / "quantize"
-    report = json.loads((folder / "quantize.json").read_text())
+    report = result.metrics  # the stage's record (quantize.stage.json, beside the shipped folder)
     manifest = json.loads((folder / "edgekd.json").read_text())
 
     trials = report["fp32_fallback"]["trials"]
@@ -143,12 +143,12 @@ def test_over_budget_int8_falls_back_to_fp32_for_the_broken_matmul_only(broken, 
 
 @pytest.mark.slow
 def test_without_a_budget_the_all_int8_model_ships_and_its_drop_is_recorded(broken, tmp_path):
-    quantize(broken, tmp_path / "quantize")
-    report = json.loads((tmp_path / "quantize" / "quantize.json").read_text())
+    report = quantize(broken, tmp_path / "quantize").metrics
+    accuracy = json.loads((tmp_path / "quantize" / "edgekd.json").read_text())["accuracy"]
     assert report["fp32_fallback"]["groups"] == []
     assert [t["purpose"] for t in report["fp32_fallback"]["trials"]] == ["all-int8"]
-    assert report["accuracy"]["drop_pts"] > 5
-    assert report["accuracy"]["max_accuracy_drop_pts"] is None
+    assert accuracy["drop_pts"] > 5
+    assert accuracy["max_accuracy_drop_pts"] is None
 
 
 def test_an_unreachable_budget_fails_with_every_trial_listed(tmp_path):
@@ -196,20 +196,22 @@ def test_static_mode_calibrates_on_training_rows(broken, tmp_path):
     assert manifest["quantization"]["tool"] == "onnxruntime.quantization.quantize_static"
     assert manifest["quantization"]["settings"]["calibration_samples"] == 16
     assert result.metrics["quantized_matmuls"] > 0
-    report = json.loads((tmp_path / "quantize" / "quantize.json").read_text())
+    report = result.metrics
     assert report["int8_op_types"].get("QLinearMatMul", 0) > 0
 
 
 @pytest.mark.slow
 def test_fused_graph_quantizes_attention_and_auto_records_both_timings(broken, tmp_path):
-    quantize(broken, tmp_path / "extended", "quantize.optimize=extended", "quantize.max_accuracy_drop_pts=5")
-    report = json.loads((tmp_path / "extended" / "quantize.json").read_text())
+    report = quantize(
+        broken, tmp_path / "extended", "quantize.optimize=extended", "quantize.max_accuracy_drop_pts=5"
+    ).metrics
     assert report["optimization"] == {"requested": "extended", "applied": "extended"}
     assert report["int8_op_types"].get("QAttention", 0) == 2  # one fused attention per layer
     assert Classifier.load(tmp_path / "extended", threads=1).predict(["the striker scored"])[0].label
 
-    quantize(broken, tmp_path / "auto", "quantize.optimize=auto", "quantize.max_accuracy_drop_pts=5")
-    auto = json.loads((tmp_path / "auto" / "quantize.json").read_text())["optimization"]
+    auto = quantize(
+        broken, tmp_path / "auto", "quantize.optimize=auto", "quantize.max_accuracy_drop_pts=5"
+    ).metrics["optimization"]
     assert set(auto["int8_p50_ms_batch1_1thread"]) == {"none", "extended"}
     timings = auto["int8_p50_ms_batch1_1thread"]
     faster = "extended" if timings["extended"] < timings["none"] * (1 - 0.03) else "none"

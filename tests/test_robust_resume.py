@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -221,3 +222,46 @@ def test_a_finished_stage_keeps_no_bookkeeping_files(tmp_path: Path, recipe: Any
     _, record, _ = run_stage(CountingStage("v1"), recipe, tmp_path, {}, log=lambda _: None)
     assert record["carried_over_s"] == 0.0
     assert sorted(p.name for p in (tmp_path / "fake").iterdir()) == ["artifact.txt", "stage.json"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The shipped folder's record is kept beside it (`ships = True`, the quantize stage)
+
+
+class ShippedStage(CountingStage):
+    ships = True
+
+
+def test_a_shipped_folders_record_is_kept_beside_it_and_reused(tmp_path: Path, recipe: Any) -> None:
+    stage = ShippedStage("v1")
+    key, record, _ = run_stage(stage, recipe, tmp_path, {}, log=lambda _: None)
+    assert sorted(p.name for p in (tmp_path / "fake").iterdir()) == ["artifact.txt"]
+    beside = json.loads((tmp_path / "fake.stage.json").read_text())
+    assert beside == json.loads(json.dumps(record, default=str)) and beside["key"] == key
+    # A file added to the folder later (the benchmark's model card) is no damage.
+    (tmp_path / "fake" / "README.md").write_text("card")
+    again, _, skipped = run_stage(stage, recipe, tmp_path, {}, log=lambda _: None)
+    assert (again, skipped, stage.runs) == (key, True, 1)
+    (tmp_path / "fake" / "artifact.txt").write_text("v2")  # damaged: the record beside still catches it
+    _, _, skipped = run_stage(stage, recipe, tmp_path, {}, log=lambda _: None)
+    assert not skipped and stage.runs == 2
+
+
+def test_a_run_folder_from_before_keeps_being_reused_and_its_record_moves_out(
+    tmp_path: Path, recipe: Any
+) -> None:
+    key, _, _ = run_stage(CountingStage("v1"), recipe, tmp_path, {}, log=lambda _: None)  # record inside
+    (tmp_path / "fake.stage.json").write_text(json.dumps({"key": "an-older-run"}))  # a stale one beside
+    stage = ShippedStage("v1")
+    again, _, skipped = run_stage(stage, recipe, tmp_path, {}, log=lambda _: None)
+    assert (again, skipped, stage.runs) == (key, True, 0), "the record inside wins: same key, reused"
+    assert not (tmp_path / "fake" / "stage.json").exists()
+    assert json.loads((tmp_path / "fake.stage.json").read_text())["key"] == key
+
+
+def test_a_record_beside_a_deleted_folder_is_not_reused(tmp_path: Path, recipe: Any) -> None:
+    stage = ShippedStage("v1")
+    run_stage(stage, recipe, tmp_path, {}, log=lambda _: None)
+    shutil.rmtree(tmp_path / "fake")
+    _, _, skipped = run_stage(stage, recipe, tmp_path, {}, log=lambda _: None)
+    assert not skipped and (tmp_path / "fake" / "artifact.txt").is_file()

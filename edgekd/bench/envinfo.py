@@ -2,8 +2,9 @@
 
 Torch-free on purpose: it runs on devices that only have the runtime, and versions come from package
 metadata rather than from importing (and paying for) the libraries. Portable on purpose too: memory, core
-counts and CPU times come from psutil on every OS; only the CPU's model name and flags are read from Linux's
-/proc/cpuinfo, and elsewhere they are whatever `platform` knows and empty.
+counts and CPU times come from psutil on every OS; the CPU's model name, flags, clocks and caches are read
+from Linux's /proc/cpuinfo and /sys (edgekd/bench/machine.py), and elsewhere they are whatever `platform`
+and psutil know, else empty or None.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import psutil
 
 from edgekd.artifact import THREAD_ENV_VARS
+from edgekd.bench import machine
 
 # Instruction-set extensions that decide which INT8/BF16 kernels the runtimes can use.
 CPU_FLAGS = (
@@ -41,8 +43,9 @@ def environment() -> dict[str, Any]:
     """The machine, the libraries and the load at the time of the call.
 
     Returns:
-        JSON-ready dict: cpu (model, logical/physical/usable cores, cgroup quota, flags), memory, library
-        versions, python, platform, load average and the thread-related environment variables.
+        JSON-ready dict: cpu (model, logical/physical/usable cores, cgroup quota, flags, vendor and
+        identification numbers, clocks, governor, caches: edgekd/bench/machine.py), memory, virtualization,
+        OS, library versions, python, platform, load average and the thread-related environment variables.
     """
     cpuinfo = _read_text("/proc/cpuinfo")  # Linux only: "" elsewhere
     return {
@@ -53,8 +56,13 @@ def environment() -> dict[str, Any]:
             "usable_cores": usable_cores(),
             "cgroup_cpu_quota": cgroup_cpu_quota(),
             "flags": cpu_flags(cpuinfo),
+            **machine.cpu_identity(cpuinfo),
+            **machine.cpu_clocks(cpuinfo),
+            "caches_kib": machine.cpu_caches_kib(),
         },
         "memory_total_mb": memory_total_mb(),
+        "virtualization": machine.virtualization(cpuinfo),
+        "os": machine.operating_system(),
         "versions": library_versions(),
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
@@ -66,13 +74,14 @@ def environment() -> dict[str, Any]:
 
 
 def cpu_model(cpuinfo: str | None = None) -> str:
-    """The CPU's marketing name from /proc/cpuinfo, else what `platform` knows."""
+    """The CPU's marketing name from /proc/cpuinfo (on arm64, which has none, the core its implementer and
+    part codes name), else what `platform` knows."""
     text = _read_text("/proc/cpuinfo") if cpuinfo is None else cpuinfo
     for key in ("model name", "Model", "Hardware", "cpu model"):
         value = _first_field(text, key)
         if value:
             return value
-    return platform.processor() or platform.machine() or "unknown"
+    return machine.arm_core_name(text) or platform.processor() or platform.machine() or "unknown"
 
 
 def cpu_flags(cpuinfo: str | None = None) -> dict[str, bool]:

@@ -41,6 +41,14 @@ from edgekd.bench.inputs import (
 )
 from edgekd.bench.measure import measure_models, raw_record
 from edgekd.bench.records import build_report, check_out_of_scope_label, describe, variant_records
+from edgekd.bench.reference import (
+    Reference,
+    check_test_texts,
+    digest_of_test_texts,
+    file_warnings,
+    gates_from_reference,
+    with_reference_variant,
+)
 from edgekd.bench.spec import HarnessSettings, MeasuredModel, Measurements
 from edgekd.errors import (
     InputError,
@@ -78,6 +86,7 @@ def benchmark_folders(
     student_budget: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = print,
     lock: bool = False,
+    reference: Reference | None = None,
 ) -> Report:
     """Measure every model, compare each with the first, judge the candidate and write the report files.
 
@@ -101,18 +110,21 @@ def benchmark_folders(
         lock: Hold a lock on `out_dir` (its .lock file) from before the first measurement to the last file
             written, so that two benchmarks cannot mix their files in one folder (`edgekd benchmark`; a
             pipeline run holds the run folder's lock instead).
+        reference: A device run's reference report (`edgekd benchmark --reference`): its reference variant
+            heads the report instead of `models[0]`, and the test texts must be the ones it was measured on.
 
     Returns:
         The report (`Report.to_json()` is the content of report.json).
 
     Raises:
-        InputError, DataError: A folder is not a model, the labels do not match, or a setting is impossible.
+        InputError, DataError: A folder is not a model, the labels do not match, a setting is impossible, or
+            the test texts are not the reference report's.
         RunLockedError: Another benchmark is writing into `out_dir` (with `lock`).
         ResourceError: `out_dir` cannot be written.
         StageError: A worker failed.
     """
     check_settings(settings, len(models))
-    check_names([m.name for m in models])
+    check_names([m.name for m in models] + ([reference.variant.name] if reference else []))
     candidate = candidate or models[-1].name
     if candidate not in {m.name for m in models}:
         raise InputError(
@@ -126,6 +138,12 @@ def benchmark_folders(
     # Measuring finished models needs no train split; the reference model then names the classes.
     splits = load_splits(data, settings.seed, model_labels=labels[models[0].name])
     texts, gold = splits.texts("test"), splits.label_ids("test")
+    digest = digest_of_test_texts(texts, gold)
+    early_warnings = []
+    if reference:
+        early_warnings += check_test_texts(reference, digest, len(texts))
+        gates, gate_warnings = gates_from_reference(reference, gates, [m.name for m in models])
+        early_warnings += gate_warnings
     oos = check_out_of_scope_label(settings.out_of_scope_label, splits.labels)
     for model in models:
         check_labels(labels[model.name], splits.labels, model.name)
@@ -148,6 +166,9 @@ def benchmark_folders(
             stage_times=stage_times,
             student_budget=student_budget,
             log=log,
+            texts_digest=digest,
+            reference=reference,
+            early_warnings=early_warnings,
         )
 
 
@@ -169,12 +190,15 @@ def _measure_and_report(
     stage_times: Sequence[Mapping[str, Any]],
     student_budget: Mapping[str, Any] | None,
     log: Callable[[str], None],
+    texts_digest: str,
+    reference: Reference | None,
+    early_warnings: list[str],
 ) -> Report:
     """The measuring and writing half of `benchmark_folders`, on inputs that were checked."""
     # Taken before the workers start, so they show what else the machine was doing.
     env = environment()
     env["other_processes_cores"] = {"at_start": other_processes_cores_now()}
-    warnings = setup_warnings(env, settings.threads, len(texts), settings.latency_samples)
+    warnings = early_warnings + setup_warnings(env, settings.threads, len(texts), settings.latency_samples)
     warnings += [w for m in models if m.format == "onnx" for w in max_length_warnings(m, settings.max_length)]
 
     start = cpu_snapshot()
@@ -185,11 +209,17 @@ def _measure_and_report(
     warnings += busy_after_warnings(env)
 
     variants = variant_records(models, measured, gold, labels, relative_to, oos)
+    if reference:
+        variants = with_reference_variant(reference, variants)
+        warnings += file_warnings(reference, next(v for v in variants if v.name == candidate))
     for record in variants:
-        log(f"  {describe(record)}")
+        log(f"  {describe(record)}" + (" (from the reference report)" if record.source else ""))
     report = build_report(
-        title, env, variants, settings, gates, len(texts), warnings, models[0].name, candidate
+        title, env, variants, settings, gates, len(texts), warnings, variants[0].name, candidate
     )
+    report.benchmark.test_texts_sha256 = texts_digest
+    if reference:
+        report.reference_report = reference.describe()
     if stage_times:
         report.stage_times = [StageTime.model_validate(dict(t)) for t in stage_times]
     if student_budget:

@@ -22,7 +22,9 @@ from edgekd.bench.stats import (
     bootstrap_ci,
     box_stats,
     macro_f1,
+    paired_diff_ci,
     per_class_scores,
+    percentile_stat,
     percentiles,
 )
 from edgekd.errors import (
@@ -30,7 +32,7 @@ from edgekd.errors import (
     InputError,
 )
 from edgekd.recipe.schema import GatesSpec
-from edgekd.report.gates import evaluate_gates
+from edgekd.report.gates import OPTIMUM_BASELINE, evaluate_gates
 from edgekd.report.schema import (
     SCHEMA_VERSION,
     AccuracyDiff,
@@ -39,7 +41,9 @@ from edgekd.report.schema import (
     ClassScores,
     Environment,
     Latency,
+    LatencyDiff,
     LengthLatency,
+    PairedDiff,
     Percentiles,
     Report,
     ShippedFile,
@@ -78,11 +82,13 @@ def variant_records(
     labels: list[str],
     relative_to: Path | None,
     out_of_scope: int | None = None,
+    paired_with: Sequence[str] = (OPTIMUM_BASELINE,),
 ) -> list[Variant]:
     """The report's variant list, in the given order, with the comparisons against the first one.
 
     With `out_of_scope` (the id of a "none of the others" class), each record also gets in-scope accuracy
-    and out-of-scope recall.
+    and out-of-scope recall. Every variant gets its paired differences (`paired_diffs`) from each variant
+    named in `paired_with` that was measured: the gates that compare two models read them.
     """
     predictions = {
         m.name: map_predictions(
@@ -100,7 +106,41 @@ def variant_records(
             record.out_of_scope_recall = scores["out_of_scope_recall"]
         records.append(record)
     add_reference_comparisons(records, predictions, gold)
+    for other in paired_with:
+        if other not in measured:
+            continue
+        for record in records:
+            if record.name != other:
+                diff = paired_diff(
+                    measured[record.name], measured[other], predictions, record.name, other, gold
+                )
+                record.paired_diffs = {**(record.paired_diffs or {}), other: diff}
     return records
+
+
+def paired_diff(
+    result: Measurements,
+    other: Measurements,
+    predictions: Mapping[str, np.ndarray],
+    name: str,
+    other_name: str,
+    gold: list[int],
+) -> PairedDiff:
+    """`name` minus `other_name`: accuracy on the same test texts and batch-1 p50 over the same requests.
+
+    The harness sends every model the same latency texts in the same interleaved rounds, so request i of
+    one model and request i of another are the same text timed in the same round: pairing them cancels what
+    the text and the machine's state at that moment add to both (measure.measure_latency_rounds).
+    """
+    gold_arr = np.asarray(gold, dtype=np.int64)
+    diff, lo, hi = accuracy_diff_ci(
+        predictions[name] == gold_arr, predictions[other_name] == gold_arr, n_boot=N_BOOT, seed=0
+    )
+    latency = None
+    if result.model_ms and len(result.model_ms) == len(other.model_ms):
+        d, d_lo, d_hi = paired_diff_ci(result.model_ms, other.model_ms, np.median, n_boot=N_BOOT, seed=0)
+        latency = LatencyDiff(diff=d, ci95=(d_lo, d_hi), n=len(result.model_ms))
+    return PairedDiff(accuracy_pts=AccuracyDiff(diff=diff * 100, ci95=(lo * 100, hi * 100)), p50_ms=latency)
 
 
 def variant_record(
@@ -110,7 +150,12 @@ def variant_record(
     onnx = model.format == "onnx"
     n_classes = len(labels)
     gold_arr = np.asarray(gold, dtype=np.int64)
-    lo, hi = bootstrap_ci(result.model_ms, np.median, n_boot=N_BOOT, seed=0)
+    # The same seed gives every statistic the same resamples of the requests.
+    p50_ci, p90_ci, p99_ci = (
+        bootstrap_ci(result.model_ms, stat, n_boot=N_BOOT, seed=0)
+        for stat in (np.median, percentile_stat(90), percentile_stat(99))
+    )
+    correct = (predicted == gold_arr).astype(np.float64)
     files = [ShippedFile.model_validate(f) for f in file_digests(model.folder, onnx=onnx)]
     size = sum(f.bytes for f in files)  # the same files folder_size counts, read once
     n_texts = len(result.predictions)
@@ -118,14 +163,17 @@ def variant_record(
     return Variant(
         name=model.name,
         format=model.format,
-        accuracy=float((predicted == gold_arr).mean()),
+        accuracy=float(correct.mean()),
+        accuracy_ci95=bootstrap_ci(correct, np.mean, n_boot=N_BOOT, seed=0) if correct.size else None,
         macro_f1=macro_f1(gold, predicted.tolist(), n_classes),
         per_class={label: ClassScores.model_validate(s) for label, s in zip(labels, scores, strict=True)},
         size_bytes=size,
         files=files,
         size_mb=size / 1e6,
         params=param_count(model.folder, onnx=onnx),
-        latency_ms=Latency.model_validate({**percentiles(result.model_ms), "p50_ci95": (lo, hi)}),
+        latency_ms=Latency.model_validate(
+            {**percentiles(result.model_ms), "p50_ci95": p50_ci, "p90_ci95": p90_ci, "p99_ci95": p99_ci}
+        ),
         latency_box_ms=BoxStats.model_validate(box_stats(result.model_ms)),
         latency_e2e_ms=Percentiles.model_validate(percentiles(result.e2e_ms)),
         tokenize_ms=Percentiles.model_validate(percentiles(result.tokenize_ms)),
@@ -134,6 +182,7 @@ def variant_record(
             for length, values in sorted(result.by_length_ms.items())
         ],
         throughput_texts_per_s=median_throughput(result.throughput_rounds),
+        throughput_range_texts_per_s=throughput_ranges(result.throughput_rounds),
         throughput_threads=result.throughput_threads,
         throughput_per_s=n_texts / result.accuracy_pass_s if result.accuracy_pass_s else None,
         accuracy_pass_threads=result.accuracy_pass_threads,
@@ -183,6 +232,14 @@ def median_throughput(rounds: Sequence[Mapping[str, float]]) -> dict[str, float]
     """Per batch size, the median texts/s over the rounds."""
     batch_sizes = sorted({b for r in rounds for b in r}, key=int)
     return {b: float(np.median([r[b] for r in rounds if b in r])) for b in batch_sizes}
+
+
+def throughput_ranges(rounds: Sequence[Mapping[str, float]]) -> dict[str, tuple[float, float]]:
+    """Per batch size, the lowest and highest texts/s over the rounds (the spread the throughput gate reads)."""
+    batch_sizes = sorted({b for r in rounds for b in r}, key=int)
+    return {
+        b: (min(r[b] for r in rounds if b in r), max(r[b] for r in rounds if b in r)) for b in batch_sizes
+    }
 
 
 def add_reference_comparisons(
@@ -236,6 +293,7 @@ def build_report(
             seq_samples=settings.seq_samples,
             throughput_batch_sizes=list(settings.throughput_batch_sizes),
             latency_definition="batch-1 model call, ms; tokenization timed apart (tokenize_ms, e2e)",
+            out_of_scope_label=settings.out_of_scope_label,
         ),
         reference=reference,
         candidate=candidate,

@@ -1,6 +1,7 @@
 """The `edgekd` command: a thin typer layer over library functions a Python user can call the same way.
 
-Errors become one line (plus a hint) and an exit code: 2 bad recipe or input, 3 a gate failed, 1 anything else.
+Errors become one line (plus a hint) and an exit code: 2 bad recipe or input, 3 a gate failed, 4 a gate is
+inconclusive (none failed), 1 anything else.
 `EDGEKD_DEBUG=1` shows the traceback.
 """
 
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -19,7 +22,7 @@ from rich.text import Text
 
 from edgekd._version import __version__
 from edgekd.artifact import MODEL_FILE
-from edgekd.errors import EdgekdError, GateFailed
+from edgekd.errors import EdgekdError, GateFailed, GateInconclusive
 
 if TYPE_CHECKING:
     from edgekd.report.schema import Report
@@ -67,15 +70,34 @@ def compress(
             report_dir=run_dir / "report" if run_dir else None,
             ship=shipped_folder(run_dir) if run_dir else None,
         )
-    raise_on_failed_gates(report)
+    raise_on_failed_gates(report, rerun_with="--set benchmark.latency_samples={n}")
 
 
-def raise_on_failed_gates(report: Report) -> None:
-    """Exit 3 (GateFailed) when a sign-off gate failed; the report is already written."""
-    if not report.passed:
+def raise_on_failed_gates(report: Report, rerun_with: str = "--samples {n}") -> None:
+    """Exit 3 (GateFailed) when a sign-off gate failed, else exit 4 (GateInconclusive) when one is inconclusive;
+    the report is already written.
+
+    Args:
+        report: The report whose gates are judged.
+        rerun_with: The option that sets the batch-1 requests per model, `{n}` standing for the count (the
+            recipe's `benchmark.latency_samples` for compress, `--samples` for benchmark).
+    """
+    from edgekd.report.gates import rerun_samples
+
+    if report.failed_gates:
         raise GateFailed(
             f"sign-off gate(s) failed: {', '.join(report.failed_gates)}",
             hint="see the report for the numbers",
+        )
+    if report.inconclusive_gates:
+        samples = rerun_samples(report.gates)
+        current = report.benchmark.latency_samples
+        rerun = f"measure again with {rerun_with.format(n=samples)}" if samples else "measure again"
+        raise GateInconclusive(
+            f"sign-off gate(s) inconclusive, none failed: {', '.join(report.inconclusive_gates)} "
+            "(the 95% interval straddles the limit)",
+            hint=f"{rerun} (now {current if current is not None else '?'} requests per model), "
+            "on an otherwise idle machine",
         )
 
 
@@ -172,11 +194,22 @@ def assets(
 @app.command()
 def benchmark(
     model_dirs: Annotated[
-        list[Path], typer.Argument(help="Model folders (PyTorch or ONNX); the first is the reference.")
+        list[Path],
+        typer.Argument(help="Model folders (PyTorch or ONNX); the first is the reference (see --reference)."),
     ],
     data: Annotated[
-        Path, typer.Option(help="Data folder with a test split (train optional), as in a recipe.")
+        Path,
+        typer.Option(
+            help="The test data: a data folder with a test split, as in a recipe, or one test file."
+        ),
     ],
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            help="The build machine's report.json (or its report or run folder): its reference model's figures "
+            "and its gates judge the folders measured here, with its settings as defaults (a device run)."
+        ),
+    ] = None,
     labels: Annotated[
         str | None,
         typer.Option("--labels", "--labels-name", help="Class names in id order, comma-separated."),
@@ -190,40 +223,113 @@ def benchmark(
         str | None, typer.Option(help="The model the gates judge (default: the last one).")
     ] = None,
     threads: Annotated[
-        int, typer.Option(help="Threads per model for latency (accuracy and throughput use every core).")
-    ] = 1,
-    samples: Annotated[int, typer.Option(help="Batch-1 latency requests per model.")] = 200,
-    warmup: Annotated[int, typer.Option(help="Untimed requests per model first.")] = 20,
-    max_length: Annotated[int, typer.Option(help="Truncation length in tokens.")] = 128,
-    batch_size: Annotated[int, typer.Option(help="Batch size of the accuracy pass.")] = 32,
-    seed: Annotated[int, typer.Option(help="Seed of the latency sample.")] = 42,
+        int | None,
+        typer.Option(
+            help="Threads per model for latency (accuracy and throughput use every core). [default: 1]"
+        ),
+    ] = None,
+    samples: Annotated[
+        int | None, typer.Option(help="Batch-1 latency requests per model. [default: 200]")
+    ] = None,
+    warmup: Annotated[
+        int | None, typer.Option(help="Untimed requests per model first. [default: 20]")
+    ] = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option(help="Truncation length in tokens. [default: the last folder's edgekd.json, else 128]"),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Batch size of the accuracy pass. [default: 32]")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the latency sample. [default: 42]")] = None,
     output_dir: Annotated[Path, typer.Option(help="Where the report files go.")] = Path("runs/benchmark"),
     gate: Annotated[
         list[str] | None, typer.Option(help="A sign-off gate, e.g. max_accuracy_drop_pts=1 (repeatable).")
     ] = None,
 ) -> None:
-    """Benchmark any model folders on a dataset: report.json, report.md and report.html (exit 3 on a failed gate)."""
+    """Benchmark any model folders on a dataset: report.json, report.md and report.html (exit 3 on a failed gate).
+
+    On a device (no torch): `edgekd benchmark SHIPPED_FOLDER --reference report.json --data TEST_FILE`.
+    Unset options take the reference report's settings."""
     from edgekd.bench.harness import benchmark_folders
     from edgekd.bench.inputs import check_request_counts, data_spec_for, models_from_folders, parse_gates
+    from edgekd.bench.reference import load_reference, settings_from_reference
     from edgekd.bench.spec import HarnessSettings
 
-    models = models_from_folders(model_dirs, names.split(",") if names else None)
-    spec = data_spec_for(data, max_length, labels.split(",") if labels else None, text_column, label_column)
+    ref = load_reference(reference) if reference is not None else None
+    model_names = names.split(",") if names else None
+    if ref is not None and model_names is None and len(model_dirs) == 1 and ref.report.candidate:
+        model_names = [ref.report.candidate]  # the device's measurement of the folder the reference signed
+    models = models_from_folders(model_dirs, model_names)
+    given = {
+        "threads": threads,
+        "latency_samples": samples,
+        "warmup": warmup,
+        "batch_size": batch_size,
+        "seed": seed,
+        "max_length": max_length if max_length is not None else manifest_max_length(model_dirs[-1]),
+    }
+    values = settings_from_reference(ref, given) if ref is not None else default_settings(given)
+    oos = ref.report.benchmark.out_of_scope_label if ref is not None else None
     settings = HarnessSettings(
-        threads=threads,
-        latency_samples=samples,
-        warmup=warmup,
-        batch_size=batch_size,
-        max_length=max_length,
-        seed=seed,
+        threads=values["threads"],
+        latency_samples=values["latency_samples"],
+        warmup=values["warmup"],
+        batch_size=values["batch_size"],
+        seed=values["seed"],
+        max_length=values["max_length"],
+        out_of_scope_label=oos,
     )
     check_request_counts(settings)
-    gates = parse_gates(gate or [])
-    report = benchmark_folders(
-        models, spec, output_dir, settings, gates, title="benchmark", candidate=candidate, log=_log, lock=True
-    )
+    with test_data_folder(data) as data_folder:
+        spec = data_spec_for(
+            data_folder, settings.max_length, labels.split(",") if labels else None, text_column, label_column
+        )
+        report = benchmark_folders(
+            models,
+            spec,
+            output_dir,
+            settings,
+            parse_gates(gate or []),
+            title=(ref.report.recipe if ref is not None and ref.report.recipe else "benchmark"),
+            candidate=candidate,
+            log=_log,
+            lock=True,
+            reference=ref,
+        )
     print_summary(report, report_dir=output_dir)
     raise_on_failed_gates(report)
+
+
+def manifest_max_length(folder: Path) -> int | None:
+    """The max_length a folder's edgekd.json records (what the model was exported to serve), else None."""
+    from edgekd.artifact import MANIFEST_FILE, read_json_object, read_max_length
+
+    manifest = read_json_object(folder / MANIFEST_FILE)
+    if not manifest or manifest.get("max_length") is None:
+        return None
+    return read_max_length(folder, manifest, None)
+
+
+def default_settings(given: Mapping[str, int | None]) -> dict[str, int]:
+    """The user's values, HarnessSettings' defaults for the rest (128 tokens where no folder says)."""
+    from edgekd.bench.spec import HarnessSettings
+
+    defaults = HarnessSettings()
+    return {name: value if value is not None else getattr(defaults, name) for name, value in given.items()}
+
+
+@contextmanager
+def test_data_folder(data: Path) -> Iterator[Path]:
+    """`--data` as a data folder: a folder as given; one test file through a temporary folder that links it as
+    the test split (a hardware team copies the one file the reference was measured on)."""
+    if not data.is_file():
+        yield data
+        return
+    suffix = "".join(data.suffixes[-2:]) if data.suffix == ".gz" else data.suffix
+    with tempfile.TemporaryDirectory(prefix="edgekd-data-") as folder:
+        (Path(folder) / f"test{suffix}").symlink_to(data.resolve())
+        yield Path(folder)
 
 
 @app.command()
@@ -279,8 +385,11 @@ def print_summary(
         table.add_row(*[str(cell) for cell in row])
     out.print(table)
     for gate in report.gates:
-        mark = "[green]PASS[/green]" if gate.passed else "[red]FAIL[/red]"
-        out.print(f"  {mark} {gate.name}: {gate.value:.4g} (limit {gate.limit:.4g})")
+        style = {"pass": "green", "fail": "red"}.get(gate.verdict, "yellow")
+        ci = f" [{gate.ci95[0]:.4g}, {gate.ci95[1]:.4g}]" if gate.ci95 else ""
+        more = f", try {gate.suggested_samples} requests" if gate.suggested_samples else ""
+        line = f" {gate.name}: {gate.value:.4g}{ci} (limit {gate.comparison or ''} {gate.limit:.4g}{more})"
+        out.print(Text("  ") + Text(gate.verdict.upper(), style=style) + Text(line), highlight=False)
     out.print(verdict_line(report))
     if ship is not None:
         out.print(Text(f"ship:    {ship}"), highlight=False)
@@ -290,15 +399,13 @@ def print_summary(
 
 def verdict_line(report: Report) -> Text:
     """One line a person or a script can read the sign-off from."""
-    gates = report.gates
-    failed = report.failed_gates
-    if not gates:
+    from edgekd.report.gates import verdict_summary
+
+    if not report.gates:
         return Text("verdict: no gates set, nothing was checked", style="yellow")
-    if failed:
-        return Text(
-            f"verdict: FAIL, {len(failed)} of {len(gates)} gates failed: {', '.join(failed)}", style="red"
-        )
-    return Text(f"verdict: PASS, all {len(gates)} gates passed", style="green")
+    headline, detail = verdict_summary(report)
+    style = {"PASS": "green", "FAIL": "red"}.get(headline, "yellow")
+    return Text(f"verdict: {headline}, {detail}", style=style)
 
 
 def shipped_folder(run_dir: Path) -> Path | None:

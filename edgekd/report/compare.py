@@ -2,7 +2,11 @@
 
 A number that moved is only meaningful next to what else moved: a p50 that doubled on another CPU, another
 onnxruntime or another thread budget says nothing about the model. So the environment differences are listed
-with the per-model ones.
+with the per-model ones. And a latency that moved less than its measurement noise did not move: where both
+reports carry the 95% interval of a latency, the table says whether the two intervals overlap ("within noise":
+the change cannot be told from run-to-run variation) or not ("beyond noise"). Overlap is the conservative
+reading: two intervals that just overlap can still hide a real difference, but two that do not overlap are not
+noise.
 """
 
 from __future__ import annotations
@@ -30,14 +34,23 @@ METRICS: tuple[tuple[str, Callable[[Variant], Any], int, str], ...] = (
     ("accuracy", lambda v: v.accuracy, 4, ""),
     ("p50 ms", lambda v: v.latency_ms.p50 if v.latency_ms else None, 3, ""),
     ("p90 ms", lambda v: v.latency_ms.p90 if v.latency_ms else None, 3, ""),
+    ("p99 ms", lambda v: v.latency_ms.p99 if v.latency_ms else None, 3, ""),
     ("size MB", lambda v: v.size_bytes / 1e6 if v.size_bytes is not None else None, 2, ""),
     ("speed-up p50", lambda v: v.speedup_p50, 2, "x"),
 )
 
 
+# The 95% interval a report stores for a metric, by label (latencies: a bootstrap over the batch-1 requests).
+INTERVALS: dict[str, Callable[[Variant], Any]] = {
+    "p50 ms": lambda v: v.latency_ms.p50_ci95 if v.latency_ms else None,
+    "p90 ms": lambda v: v.latency_ms.p90_ci95 if v.latency_ms else None,
+    "p99 ms": lambda v: v.latency_ms.p99_ci95 if v.latency_ms else None,
+}
+
+
 @dataclass(frozen=True)
 class MetricChange:
-    """One number of one model in both reports."""
+    """One number of one model in both reports, with its 95% interval in each where the report has one."""
 
     variant: str
     metric: str
@@ -45,6 +58,16 @@ class MetricChange:
     b: float | None
     digits: int
     unit: str
+    ci_a: tuple[float, float] | None = None
+    ci_b: tuple[float, float] | None = None
+
+    @property
+    def within_noise(self) -> bool | None:
+        """True when the two intervals overlap (the change is within the measurement noise), False when they
+        do not, None when a side has no interval."""
+        if self.ci_a is None or self.ci_b is None:
+            return None
+        return self.ci_a[0] <= self.ci_b[1] and self.ci_b[0] <= self.ci_a[1]
 
     @property
     def delta(self) -> float | None:
@@ -137,7 +160,16 @@ def compare_reports(path_a: str | Path, path_b: str | Path) -> Comparison:
     report_a, report_b = load_report(path_a), load_report(path_b)
     pairs, only_a, only_b = pair_variants(report_a.variants, report_b.variants)
     metrics = [
-        MetricChange(label_pair, label, _float(read(a)), _float(read(b)), digits, unit)
+        MetricChange(
+            label_pair,
+            label,
+            _float(read(a)),
+            _float(read(b)),
+            digits,
+            unit,
+            _interval(a, label),
+            _interval(b, label),
+        )
         for label_pair, a, b in pairs
         for label, read, digits, unit in METRICS
     ]
@@ -239,7 +271,7 @@ def print_comparison(comparison: Comparison, console: Console) -> None:
         for problem in comparison.not_comparable:
             console.print(Text(f"  {problem}", style="red"))
     table = Table(title="per model: A → B")
-    for column in ("variant", "metric", "A", "B", "Δ", "Δ %"):
+    for column in ("variant", "metric", "A", "B", "Δ", "Δ %", "95% intervals"):
         table.add_column(column, justify="left" if column in ("variant", "metric") else "right")
     previous = None
     for change in comparison.metrics:
@@ -250,6 +282,7 @@ def print_comparison(comparison: Comparison, console: Console) -> None:
             _fmt(change.b, change.digits, change.unit),
             _fmt(change.delta, change.digits, change.unit, signed=True),
             f"{change.relative * 100:+.1f}%" if change.relative is not None else "–",
+            _noise_text(change),
         )
         previous = change.variant
     console.print(table)
@@ -265,6 +298,23 @@ def print_comparison(comparison: Comparison, console: Console) -> None:
     for env_change in comparison.environment:
         env_table.add_row(Text(env_change.key), Text(env_change.a), Text(env_change.b))
     console.print(env_table)
+
+
+def _interval(variant: Variant, label: str) -> tuple[float, float] | None:
+    read = INTERVALS.get(label)
+    ci = read(variant) if read else None
+    if ci is None or len(ci) != 2 or any(_float(end) is None for end in ci):
+        return None
+    return (float(ci[0]), float(ci[1]))
+
+
+def _noise_text(change: MetricChange) -> Text:
+    """The overlap column: whether a latency change is within the noise of the two measurements."""
+    if change.within_noise is None:
+        return Text("–")
+    if change.within_noise:
+        return Text("overlap: within noise", style="dim")
+    return Text("apart: beyond noise", style="bold")
 
 
 def _float(value: Any) -> float | None:

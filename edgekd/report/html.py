@@ -1,7 +1,7 @@
 """report.html: the sign-off report as one self-contained page, with charts drawn as inline SVG.
 
-No network, no JavaScript, no plotting library: every chart is a few dozen SVG elements written here, so the
-page opens anywhere (an air-gapped device, a CI artifact viewer) and adds no dependency. Each chart is an
+No network, no JavaScript, no plotting library: every chart is a few dozen SVG elements (edgekd/report/charts.py),
+so the page opens anywhere (an air-gapped device, a CI artifact viewer) and adds no dependency. Each chart is an
 `<svg>` with a stable id and a `<title>`, which is what tests and screen readers find.
 
 Charts: accuracy against p50 latency with the Pareto front, size per model, latency distribution per model
@@ -14,18 +14,26 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgekd.report.charts import (
+    PALETTE,
+    latency_box_chart,
+    nice_ticks,
+    pareto_chart,
+    pareto_front,
+    sequence_length_chart,
+    size_chart,
+    training_charts,
+)
+from edgekd.report.gates import GATE_COLUMNS, gate_cells, verdict_summary
+from edgekd.report.markdown import READING_NOTES, machine_lines, reference_report_line
 from edgekd.report.schema import Gate, Report, Variant, as_report
 
-WIDTH, HEIGHT = 640, 340
-MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 70, 150, 36, 50
-# Colour-blind-safe palette (Okabe-Ito), one colour per model or curve.
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
-LOSS_KEYS = ("loss", "ce_loss", "kd_loss", "eval_loss")
+__all__ = ["nice_ticks", "pareto_front", "read_training_logs", "render_report_html", "write_report_html"]
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px auto; max-width: 1360px;
@@ -34,24 +42,30 @@ h1 { font-size: 1.5em; margin-bottom: 4px; } h2 { font-size: 1.15em; margin-top:
 .verdict { font-size: 1.2em; font-weight: 600; padding: 8px 12px; border-radius: 6px; display: inline-block; }
 .pass { background: #e3f4e8; color: #17622f; } .fail { background: #fbe4e2; color: #9b1c13; }
 .unchecked { background: #eeeeee; color: #333333; }
-table { border-collapse: collapse; font-size: 0.88em; margin: 8px 0; }
-th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: right; }
+/* A wide table scrolls sideways inside the page (an 800 px screen) instead of running off it. */
+table { border-collapse: collapse; font-size: 0.88em; margin: 8px 0; display: block; max-width: 100%;
+        overflow-x: auto; }
+th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: right; } td { white-space: nowrap; }
 th { background: #f4f4f4; } td:first-child, th:first-child, td:last-child { text-align: left; }
 .charts { display: flex; flex-wrap: wrap; gap: 16px; }
 figure { margin: 0; border: 1px solid #e4e4e4; border-radius: 6px; padding: 6px; background: #fff; }
 figcaption { font-size: 0.82em; color: #555; max-width: 620px; padding: 2px 6px; }
 svg text { font-family: system-ui, sans-serif; }
 .muted { color: #666; font-size: 0.9em; }
+svg.chart { max-width: 100%; height: auto; }
+.warnings { background: #fff6dd; border: 1px solid #e8c65a; border-radius: 6px; padding: 2px 14px; margin: 10px 0; }
+.warnings h2 { margin-top: 8px; font-size: 1.05em; }
+table.files td:last-child, code { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; }
+@media print {
+  body { max-width: none; margin: 0; padding: 0; font-size: 10pt; }
+  /* A chart never splits from its caption; a heading stays with what follows it. */
+  figure, .verdict, .warnings, tr { break-inside: avoid; page-break-inside: avoid; }
+  h1, h2 { break-after: avoid; page-break-after: avoid; }
+  .charts { display: block; } figure { margin: 0 0 10px; border: none; }
+  table { display: table; overflow: visible; font-size: 8pt; } thead { display: table-header-group; }
+  .verdict, .warnings, th { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+}
 """
-
-
-@dataclass(frozen=True)
-class Series:
-    """One line or set of points in a chart."""
-
-    name: str
-    points: list[tuple[float, float]]
-    color: str
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -98,30 +112,42 @@ def render_report_html(
             latency_box_chart(variants, colors),
             "Batch-1 model-call latency: box = p25..p75, line = p50, whiskers = p5..p95, dots = min and max.",
         ),
-        _figure(sequence_length_chart(variants, colors), "Batch-1 p50 latency on token-exact inputs."),
+        _figure(
+            sequence_length_chart(variants, colors),
+            "Batch-1 p50 latency on token-exact inputs, capped at each model's position embeddings.",
+        ),
     ]
     charts += [_figure(chart, caption) for chart, caption in training_charts(training_logs)]
     title = f"edgekd sign-off report: {report.recipe or ''}"
     body = [
         f"<h1>{_esc(title)}</h1>",
         _verdict_html(report),
+        _warnings_html(report.warnings),
+        _reference_report_html(report),
         f"<p class='muted'>edgekd {_esc(_or(report.edgekd_version, '?'))}, generated "
         f"{_esc(_or(report.created_utc, '?'))}; reference <b>{_esc(_or(report.reference, ''))}</b>, "
         f"candidate <b>{_esc(_or(report.candidate, ''))}</b></p>",
-        "<h2>Models</h2>",
-        _variants_table(variants),
+        "<h2>Variants</h2>",
+        _variants_table(variants, report.reference),
         "<h2>Gates</h2>",
         _gates_table(report.gates),
+        *_out_of_scope_html(report),
         "<h2>Charts</h2>",
         "<div class='charts'>" + "".join(c for c in charts if c) + "</div>",
+        *_throughput_html(report),
+        *_sequence_length_html(report),
+        *_per_class_html(report),
         "<h2>Setup</h2>",
         _setup_html(report),
+        *_signed_files_html(report),
+        *_stage_times_html(report),
+        *_student_budget_html(report),
+        "<h2>How to read this</h2>",
+        "<ul>" + "".join(f"<li>{_inline_md(note)}</li>" for note in READING_NOTES) + "</ul>",
     ]
-    warnings = report.warnings
-    if warnings:
-        body += ["<h2>Warnings</h2>", "<ul>" + "".join(f"<li>{_esc(w)}</li>" for w in warnings) + "</ul>"]
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>\n"
         + "\n".join(body)
         + "\n</body></html>\n"
@@ -129,387 +155,80 @@ def render_report_html(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Charts
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point dominates (lower x and higher y are better), sorted by x."""
-    front = []
-    for i, (x, y) in enumerate(points):
-        dominated = any(
-            (ox <= x and oy >= y) and (ox < x or oy > y) for j, (ox, oy) in enumerate(points) if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
-
-
-def pareto_chart(variants: Sequence[Variant], colors: Mapping[str, str]) -> str:
-    """Accuracy against p50 latency, one dot per model, with the Pareto front as a line."""
-    measured = [
-        (v.name, (float(v.latency_ms.p50), float(v.accuracy) * 100))
-        for v in variants
-        if v.latency_ms is not None and v.accuracy is not None
-        if _is_num(v.latency_ms.p50) and _is_num(v.accuracy)
-    ]
-    if not measured:
-        return ""
-    points = [point for _, point in measured]
-    front = [points[i] for i in pareto_front(points)]
-    series = [Series("Pareto front", front, "#999999")] if len(front) > 1 else []
-    series += [Series(name, [point], colors[name]) for name, point in measured]
-    return line_chart(
-        "chart-pareto",
-        "Accuracy vs p50 latency (Pareto front)",
-        series,
-        "p50 latency, ms (batch 1)",
-        "accuracy, %",
-        lines_for={"Pareto front"},
-        include_zero_x=True,
-    )
-
-
-def size_chart(variants: Sequence[Variant], colors: Mapping[str, str]) -> str:
-    """Horizontal bars: deployed size in MB per model."""
-    items = [(v.name, v.size_bytes / 1e6) for v in variants if v.size_bytes is not None]
-    if not items:
-        return ""
-    return bar_chart("chart-size", "Size on disk, MB", items, colors, "MB")
-
-
-def latency_box_chart(variants: Sequence[Variant], colors: Mapping[str, str]) -> str:
-    """One horizontal box per model from its latency box statistics."""
-    boxes = [(v.name, v.latency_box_ms.model_dump()) for v in variants if v.latency_box_ms is not None]
-    if not boxes:
-        return ""
-    return box_chart("chart-latency-dist", "Latency distribution, ms (batch 1)", boxes, colors)
-
-
-def sequence_length_chart(variants: Sequence[Variant], colors: Mapping[str, str]) -> str:
-    """p50 latency against input length in tokens, one line per model."""
-    series = [
-        Series(v.name, [(float(r.tokens), float(r.p50)) for r in v.latency_by_length_ms], colors[v.name])
-        for v in variants
-        if v.latency_by_length_ms
-    ]
-    if not series:
-        return ""
-    return line_chart(
-        "chart-seq-latency",
-        "p50 latency vs sequence length",
-        series,
-        "sequence length, tokens",
-        "p50 latency, ms",
-        lines_for={s.name for s in series},
-        include_zero_x=True,
-    )
-
-
-def training_charts(logs: Mapping[str, list[dict[str, Any]]]) -> list[tuple[str, str]]:
-    """(svg, caption) for each stage's loss curves, then one chart of eval accuracy per epoch for all stages."""
-    charts = []
-    for stage, entries in logs.items():
-        series = []
-        for j, key in enumerate(LOSS_KEYS):
-            points = [
-                (float(e["step"]), float(e[key]))
-                for e in entries
-                if _is_num(e.get(key)) and _is_num(e.get("step"))
-            ]
-            if points:
-                series.append(Series(key, points, PALETTE[j % len(PALETTE)]))  # same colour per term
-        if series:
-            svg = line_chart(
-                f"chart-training-{stage}",
-                f"{stage}: training losses vs step",
-                series,
-                "step",
-                "loss",
-                lines_for={s.name for s in series},
-            )
-            charts.append((svg, f"From {stage}/log_history.json (Hugging Face Trainer logs)."))
-    accuracy = [
-        Series(stage, points, PALETTE[i % len(PALETTE)])
-        for i, (stage, entries) in enumerate(logs.items())
-        if (
-            points := [
-                (float(e["epoch"]), float(e["eval_accuracy"]) * 100)
-                for e in entries
-                if _is_num(e.get("eval_accuracy")) and _is_num(e.get("epoch"))
-            ]
-        )
-    ]
-    if accuracy:
-        svg = line_chart(
-            "chart-eval-accuracy",
-            "Validation accuracy vs epoch",
-            accuracy,
-            "epoch",
-            "accuracy, %",
-            lines_for={s.name for s in accuracy},
-        )
-        charts.append((svg, "eval_accuracy of each training stage on the validation split."))
-    return charts
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Chart primitives
-
-
-def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """Round tick values (1, 2, 2.5 or 5 times a power of ten) covering [lo, hi]."""
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return [0.0, 1.0]
-    if hi <= lo:
-        hi = lo + (abs(lo) or 1.0)
-    raw = (hi - lo) / max(1, count)
-    power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
-    start = math.floor(lo / step) * step
-    ticks = []
-    value = start
-    while value <= hi + step * 1e-9:
-        ticks.append(round(value, 12))
-        value += step
-    if ticks[-1] < hi:
-        ticks.append(round(value, 12))
-    return ticks
-
-
-def _frame(chart_id: str, title: str) -> list[str]:
-    return [
-        f"<svg id='{_esc(chart_id)}' class='chart' xmlns='http://www.w3.org/2000/svg' role='img' "
-        f"width='{WIDTH}' height='{HEIGHT}' viewBox='0 0 {WIDTH} {HEIGHT}'>",
-        f"<title>{_esc(title)}</title>",
-        f"<rect width='{WIDTH}' height='{HEIGHT}' fill='white'/>",
-        f"<text x='{WIDTH / 2:.0f}' y='20' text-anchor='middle' font-size='14' font-weight='600'>{_esc(title)}</text>",
-    ]
-
-
-def _plot_box() -> tuple[float, float, float, float]:
-    """Left, top, right, bottom of the plotting area."""
-    return MARGIN_LEFT, MARGIN_TOP, WIDTH - MARGIN_RIGHT, HEIGHT - MARGIN_BOTTOM
-
-
-def _axes(
-    x_ticks: Sequence[float], y_ticks: Sequence[float], x_label: str, y_label: str, sx: Any, sy: Any
-) -> list[str]:
-    left, top, right, bottom = _plot_box()
-    parts = [
-        f"<rect x='{left}' y='{top}' width='{right - left}' height='{bottom - top}' fill='none' stroke='#bbb'/>"
-    ]
-    for t in y_ticks:
-        y = sy(t)
-        parts.append(f"<line x1='{left}' x2='{right}' y1='{y:.1f}' y2='{y:.1f}' stroke='#eee'/>")
-        parts.append(
-            f"<text x='{left - 6}' y='{y + 4:.1f}' text-anchor='end' font-size='11'>{_tick(t)}</text>"
-        )
-    for t in x_ticks:
-        x = sx(t)
-        parts.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{top}' y2='{bottom}' stroke='#f2f2f2'/>")
-        parts.append(
-            f"<text x='{x:.1f}' y='{bottom + 16}' text-anchor='middle' font-size='11'>{_tick(t)}</text>"
-        )
-    parts.append(
-        f"<text x='{(left + right) / 2:.0f}' y='{HEIGHT - 12}' text-anchor='middle' font-size='12'>{_esc(x_label)}</text>"
-    )
-    parts.append(
-        f"<text transform='translate(16 {(top + bottom) / 2:.0f}) rotate(-90)' text-anchor='middle' "
-        f"font-size='12'>{_esc(y_label)}</text>"
-    )
-    return parts
-
-
-def _legend(entries: Sequence[tuple[str, str]]) -> list[str]:
-    _, top, right, _ = _plot_box()
-    parts = []
-    for i, (name, color) in enumerate(entries):
-        y = top + 8 + i * 18
-        parts.append(f"<rect x='{right + 12}' y='{y - 8}' width='12' height='12' fill='{color}'/>")
-        parts.append(f"<text x='{right + 30}' y='{y + 2}' font-size='11'>{_esc(_short(name, 18))}</text>")
-    return parts
-
-
-def _linear(lo: float, hi: float, out_lo: float, out_hi: float) -> Any:
-    span = (hi - lo) or 1.0
-    return lambda v: out_lo + (v - lo) / span * (out_hi - out_lo)
-
-
-def line_chart(
-    chart_id: str,
-    title: str,
-    series: Sequence[Series],
-    x_label: str,
-    y_label: str,
-    lines_for: set[str] | None = None,
-    include_zero_x: bool = False,
-) -> str:
-    """Points of every series, joined by a line for the series named in `lines_for`, with axes and legend."""
-    xs = [x for s in series for x, _ in s.points]
-    ys = [y for s in series for _, y in s.points]
-    if not xs:
-        return ""
-    x_ticks = nice_ticks(0.0 if include_zero_x else min(xs), max(xs))
-    y_pad = (max(ys) - min(ys)) * 0.08 or abs(max(ys)) * 0.05 or 1.0
-    # Latencies, losses and accuracies are never negative: the axis must not suggest they could be.
-    y_low = max(0.0, min(ys) - y_pad) if min(ys) >= 0 else min(ys) - y_pad
-    y_ticks = nice_ticks(y_low, max(ys) + y_pad)
-    left, top, right, bottom = _plot_box()
-    sx = _linear(x_ticks[0], x_ticks[-1], left, right)
-    sy = _linear(y_ticks[0], y_ticks[-1], bottom, top)
-    parts = _frame(chart_id, title) + _axes(x_ticks, y_ticks, x_label, y_label, sx, sy)
-    for s in series:
-        coords = [(sx(x), sy(y)) for x, y in s.points]
-        label = _esc(s.name)
-        if lines_for and s.name in lines_for and len(coords) > 1:
-            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
-            parts.append(
-                f"<polyline class='series' data-series='{label}' points='{path}' fill='none' "
-                f"stroke='{s.color}' stroke-width='2'><title>{label}</title></polyline>"
-            )
-        if len(coords) <= 40:
-            for (x, y), (vx, vy) in zip(coords, s.points, strict=True):
-                parts.append(
-                    f"<circle cx='{x:.1f}' cy='{y:.1f}' r='4' fill='{s.color}'>"
-                    f"<title>{label}: {_tick(vx)}, {_tick(vy)}</title></circle>"
-                )
-    parts += _legend([(s.name, s.color) for s in series])
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def bar_chart(
-    chart_id: str, title: str, items: Sequence[tuple[str, float]], colors: Mapping[str, str], unit: str
-) -> str:
-    """Horizontal bars from zero, labelled with their values."""
-    left, top, right, bottom = _plot_box()
-    right = WIDTH - 70  # no legend: the names are on the axis
-    left = 150
-    ticks = nice_ticks(0.0, max(value for _, value in items) or 1.0)
-    sx = _linear(0.0, ticks[-1], left, right)
-    band = (bottom - top) / len(items)
-    parts = _frame(chart_id, title)
-    parts += _x_grid(ticks, sx, top, bottom)
-    for i, (name, value) in enumerate(items):
-        y = top + i * band + band * 0.2
-        height = band * 0.6
-        parts.append(
-            f"<rect class='bar' x='{left}' y='{y:.1f}' width='{max(1.0, sx(value) - left):.1f}' height='{height:.1f}' "
-            f"fill='{colors.get(name, PALETTE[0])}'><title>{_esc(name)}: {value:.3f} {unit}</title></rect>"
-        )
-        parts.append(
-            f"<text x='{left - 6}' y='{y + height / 2 + 4:.1f}' text-anchor='end' font-size='11'>"
-            f"{_esc(_short(name, 22))}</text>"
-        )
-        parts.append(
-            f"<text x='{sx(value) + 4:.1f}' y='{y + height / 2 + 4:.1f}' font-size='11'>{value:.2f} {unit}</text>"
-        )
-    parts.append(
-        f"<text x='{(left + right) / 2:.0f}' y='{HEIGHT - 12}' text-anchor='middle' font-size='12'>{unit}</text>"
-    )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _x_grid(ticks: Sequence[float], sx: Callable[[float], float], top: float, bottom: float) -> list[str]:
-    """Vertical grid lines with their labels under the plot, one per tick."""
-    parts = []
-    for t in ticks:
-        x = sx(t)
-        parts.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{top}' y2='{bottom}' stroke='#eee'/>")
-        parts.append(
-            f"<text x='{x:.1f}' y='{bottom + 16}' text-anchor='middle' font-size='11'>{_tick(t)}</text>"
-        )
-    return parts
-
-
-def box_chart(
-    chart_id: str, title: str, boxes: Sequence[tuple[str, Mapping[str, float]]], colors: Mapping[str, str]
-) -> str:
-    """Horizontal box plots (p25..p75 box, p50 line, p5..p95 whiskers, min/max dots) on one shared axis."""
-    left, top, right, bottom = _plot_box()
-    right = WIDTH - 40
-    left = 150
-    ticks = nice_ticks(0.0, max(float(stats["max"]) for _, stats in boxes))
-    sx = _linear(0.0, ticks[-1], left, right)
-    band = (bottom - top) / len(boxes)
-    parts = _frame(chart_id, title)
-    parts += _x_grid(ticks, sx, top, bottom)
-    for i, (name, stats) in enumerate(boxes):
-        mid = top + (i + 0.5) * band
-        half = min(14.0, band * 0.3)
-        color = colors.get(name, PALETTE[0])
-        tip = ", ".join(f"{k} {float(v):.3f}" for k, v in stats.items())
-        parts.append(f"<g class='box' data-series='{_esc(name)}'><title>{_esc(name)}: {tip} ms</title>")
-        parts.append(
-            f"<line x1='{sx(stats['p5']):.1f}' x2='{sx(stats['p95']):.1f}' y1='{mid:.1f}' y2='{mid:.1f}' "
-            f"stroke='{color}' stroke-width='1.5'/>"
-        )
-        parts.append(
-            f"<rect x='{sx(stats['p25']):.1f}' y='{mid - half:.1f}' width='{max(1.0, sx(stats['p75']) - sx(stats['p25'])):.1f}' "
-            f"height='{2 * half:.1f}' fill='{color}' fill-opacity='0.35' stroke='{color}'/>"
-        )
-        parts.append(
-            f"<line x1='{sx(stats['p50']):.1f}' x2='{sx(stats['p50']):.1f}' y1='{mid - half:.1f}' "
-            f"y2='{mid + half:.1f}' stroke='{color}' stroke-width='3'/>"
-        )
-        for key in ("min", "max"):
-            parts.append(f"<circle cx='{sx(stats[key]):.1f}' cy='{mid:.1f}' r='2.5' fill='{color}'/>")
-        parts.append("</g>")
-        parts.append(
-            f"<text x='{left - 6}' y='{mid + 4:.1f}' text-anchor='end' font-size='11'>{_esc(_short(name, 22))}</text>"
-        )
-    parts.append(
-        f"<text x='{(left + right) / 2:.0f}' y='{HEIGHT - 12}' text-anchor='middle' font-size='12'>ms</text>"
-    )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Tables and text
 
 
+# INCONCLUSIVE in amber, neither the green of a pass nor the red of a fail (inline: the page's CSS is shared).
+VERDICT_ATTRS = {
+    "pass": "class='pass'",
+    "fail": "class='fail'",
+    "inconclusive": "style='background:#fff1c2;color:#6b4a00'",
+}
+
+
 def _verdict_html(report: Report) -> str:
-    gates = report.gates
-    failed = report.failed_gates
-    if not gates:
-        # Not green: a page forwarded for sign-off must not look signed when nothing was checked.
-        return "<p class='verdict unchecked'>NO GATES SET: nothing was checked</p>"
-    if failed:
-        return f"<p class='verdict fail'>FAIL: {len(failed)} of {len(gates)} gates failed ({_esc(', '.join(failed))})</p>"
-    return f"<p class='verdict pass'>PASS: all {len(gates)} gates passed</p>"
+    # NO GATES SET is not green: a page forwarded for sign-off must not look signed when nothing was checked.
+    headline, detail = verdict_summary(report)
+    kind = {"PASS": "verdict pass", "FAIL": "verdict fail", "INCONCLUSIVE": "verdict"}.get(
+        headline, "verdict unchecked"
+    )
+    style = f" {VERDICT_ATTRS['inconclusive']}" if headline == "INCONCLUSIVE" else ""
+    return f"<p class='{kind}'{style}>{_esc(headline)}: {_esc(detail)}</p>"
 
 
-def _variants_table(variants: Sequence[Variant]) -> str:
+def _reference_report_html(report: Report) -> str:
+    line = reference_report_line(report)
+    return f"<p>{_inline_md(line)}</p>" if line else ""
+
+
+def _warnings_html(warnings: Sequence[str]) -> str:
+    """The warnings, next to the verdict: a busy machine or a wrong max_length changes what the verdict means."""
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{_esc(w)}</li>" for w in warnings)
+    return f"<section class='warnings'><h2>Warnings</h2><ul>{items}</ul></section>"
+
+
+def _variants_table(variants: Sequence[Variant], reference: str | None) -> str:
+    reference = reference or "reference"
     header = [
-        "model",
+        "variant",
         "format",
         "accuracy",
-        "Δ acc pts",
+        f"Δ acc vs {reference} pts (95% CI)",
+        "macro-F1",
+        f"agreement w/ {reference}",
         "size MB",
         "compression",
-        "p50 ms",
+        "params",
+        "p50 ms (95% CI)",
         "p90 ms",
         "p99 ms",
+        "e2e p50 ms",
+        "tokenize p50 ms",
         "speed-up p50",
         "peak RSS MB",
     ]
     rows = []
     for v in variants:
         latency = v.latency_ms
-        diff = v.accuracy_diff_vs_reference_pts.diff if v.accuracy_diff_vs_reference_pts else None
+        diff = v.accuracy_diff_vs_reference_pts
         rows.append(
             [
                 v.name,
                 v.format or "",
                 _fmt(v.accuracy, 4),
-                f"{diff:+.2f}" if diff is not None and _is_num(diff) else "–",
+                _with_ci(diff.diff, diff.ci95, 2, signed=True) if diff else "–",
+                _fmt(v.macro_f1, 4),
+                _fmt(v.agreement_with_reference, 4),
                 _fmt(v.size_bytes / 1e6 if v.size_bytes is not None else None, 2),
                 _fmt(v.compression, 2, "x"),
-                _fmt(latency.p50 if latency else None, 3),
+                f"{v.params:,}" if v.params is not None else "–",
+                _with_ci(latency.p50, latency.p50_ci95, 3) if latency else "–",
                 _fmt(latency.p90 if latency else None, 3),
                 _fmt(latency.p99 if latency else None, 3),
+                _fmt(v.latency_e2e_ms.p50 if v.latency_e2e_ms else None, 3),
+                _fmt(v.tokenize_ms.p50 if v.tokenize_ms else None, 3),
                 _fmt(v.speedup_p50, 2, "x"),
                 _fmt(v.peak_rss_mb, 1),
             ]
@@ -520,48 +239,219 @@ def _variants_table(variants: Sequence[Variant]) -> str:
 def _gates_table(gates: Sequence[Gate]) -> str:
     if not gates:
         return "<p class='muted'>No gates are set.</p>"
+    verdict_column = GATE_COLUMNS.index("verdict")
     rows = [
-        [
-            g.name,
-            f"{g.comparison or ''} {g.limit:.4g} {g.unit or ''}",
-            f"{g.value:.4g} {g.unit or ''}",
-            "PASS" if g.passed else "FAIL",
-            g.description or "",
-        ]
+        "<tr>"
+        + "".join(
+            (f"<td {VERDICT_ATTRS.get(g.verdict, '')}>" if i == verdict_column else "<td>")
+            + f"{_esc(cell)}</td>"
+            for i, cell in enumerate(gate_cells(g))
+        )
+        + "</tr>"
         for g in gates
     ]
-    return _table(["gate", "limit", "value", "result", "measured as"], rows)
+    head = "".join(f"<th>{_esc(h)}</th>" for h in GATE_COLUMNS)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def _setup_html(report: Report) -> str:
     env = report.environment
     cpu = env.cpu
     bench = report.benchmark
+    threads = env.threads
     versions = ", ".join(f"{k} {v}" for k, v in env.versions.items() if v)
     flags = ", ".join(k for k, v in cpu.flags.items() if v) or "none of note"
     others = env.other_processes_cores
+    load, load_after = env.load_average, env.load_average_after
     items = [
-        f"CPU: {_or(cpu.model, '?')}; {_or(cpu.usable_cores, '?')} usable cores; flags: {flags}",
-        f"Libraries: {versions}",
-        f"Load average before: {env.load_average}; after: {env.load_average_after}",
-        f"Cores used by other processes: {_or(others.at_start if others else None, '?')} at the start, "
-        f"{_or(others.during if others else None, '?')} on average during the benchmark",
-        f"Threads: {bench.threads} per model for latency; throughput on "
-        f"{env.threads.throughput_threads if env.threads else None}",
-        f"Latency: {bench.latency_samples} batch-1 requests per model in {bench.interleaved_rounds} "
-        f"interleaved rounds after {bench.warmup} warm-up requests; max_length {bench.max_length}",
+        f"CPU: {_or(cpu.model, '?')}; {_or(cpu.logical_cores, '?')} logical cores, "
+        f"{_or(cpu.usable_cores, '?')} usable; flags: {flags}",
+        *machine_lines(env),
+        f"Libraries: {versions or '?'}",
+        f"Python {_or(env.python, '?')} on {_or(env.platform, '?')}",
+        f"Load average (1/5/15 min) before: {', '.join(map(str, load)) if load else '?'}; "
+        f"after: {', '.join(map(str, load_after)) if load_after else '?'}",
+        f"Cores used by other processes: {_or(others.at_start if others else None, '?')} in the second before "
+        f"the benchmark, {_or(others.during if others else None, '?')} on average during it",
     ]
+    if threads:
+        items.append(
+            f"Threads: {threads.latency_threads} for latency, "
+            f"{threads.accuracy_threads or threads.latency_threads} for accuracy, "
+            f"{threads.throughput_threads} for throughput; inter-op {threads.inter_op_threads}; "
+            "ONNX Runtime spin-waiting off; worker environment "
+            + ", ".join(f"{k}={v}" for k, v in threads.worker_env.items())
+        )
+    if bench.model_fields_set or bench.model_extra:
+        items += [
+            f"Threads per model: {bench.threads} (intra-op; inter-op 1; a process per variant)",
+            f"Latency: batch 1, {bench.latency_samples} test texts drawn with seed {bench.seed}, after "
+            f"{bench.warmup} warm-up requests, in {bench.interleaved_rounds or 1} interleaved round(s) of "
+            f"{_or(bench.round_size, '?')} requests (every model serves each round in turn, order rotated per round)",
+            f"Accuracy: all {bench.test_texts} test texts, batch {bench.batch_size}, max_length {bench.max_length}",
+        ]
     return "<ul>" + "".join(f"<li>{_esc(item)}</li>" for item in items) + "</ul>"
+
+
+def _out_of_scope_html(report: Report) -> list[str]:
+    variants = [v for v in report.variants if v.out_of_scope_scored]
+    if not variants:
+        return []
+    rows = [[v.name, _fmt(v.in_scope_accuracy, 4), _fmt(v.out_of_scope_recall, 4)] for v in variants]
+    return [
+        "<h2>Out of scope</h2>",
+        "<p class='muted'>In-scope accuracy: test rows of every other class. Out-of-scope recall: out-of-scope "
+        "rows caught.</p>",
+        _table(["variant", "in-scope accuracy", "out-of-scope recall"], rows),
+    ]
+
+
+def _throughput_html(report: Report) -> list[str]:
+    rates = {v.name: v.throughput_texts_per_s for v in report.variants if v.throughput_texts_per_s}
+    if not rates:
+        return []
+    batch_sizes = sorted({b for by_batch in rates.values() for b in by_batch}, key=int)
+    header = ["variant", "threads", *(f"batch {b} texts/s" for b in batch_sizes), "peak RSS MB"]
+    rows = [
+        [
+            v.name,
+            _or(v.throughput_threads, "–"),
+            *(_fmt(rates[v.name].get(b), 1) for b in batch_sizes),
+            _fmt(v.peak_rss_throughput_mb, 1),
+        ]
+        for v in report.variants
+        if v.name in rates
+    ]
+    note = "Tokenization included, test texts in arrival order (padded to the longest of each batch)."
+    return ["<h2>Throughput</h2>", f"<p class='muted'>{note}</p>", _table(header, rows)]
+
+
+def _sequence_length_html(report: Report) -> list[str]:
+    by_length = {v.name: v.latency_by_length_ms for v in report.variants if v.latency_by_length_ms}
+    if not by_length:
+        return []
+    lengths = sorted({row.tokens for rows in by_length.values() for row in rows})
+    rows = []
+    for length in lengths:
+        cells = [
+            next((_fmt(r.p50, 3) for r in measured if r.tokens == length), "–")
+            for measured in by_length.values()
+        ]
+        rows.append([str(length), *cells])
+    note = "Batch 1, token-exact inputs, capped at each model's position embeddings."
+    header = ["tokens", *(f"p50 ms {name}" for name in by_length)]
+    return ["<h2>Latency by sequence length</h2>", f"<p class='muted'>{note}</p>", _table(header, rows)]
+
+
+def _per_class_html(report: Report) -> list[str]:
+    scored = {v.name: v.per_class for v in report.variants if v.per_class}
+    if not scored:
+        return []
+    first = next(iter(scored.values()))
+    rows = [
+        [
+            label,
+            str(scores.support),
+            *(_fmt(s.f1 if (s := pc.get(label)) else None, 3) for pc in scored.values()),
+        ]
+        for label, scores in first.items()
+    ]
+    return ["<h2>Per-class F1</h2>", _table(["class", "support", *(f"F1 {name}" for name in scored)], rows)]
+
+
+def _signed_files_html(report: Report) -> list[str]:
+    """The candidate's files with their sha256: the bytes this verdict is about."""
+    candidate = report.variant(report.candidate) if report.candidate else None
+    if candidate is None or not candidate.files:
+        return []
+    where = f" ({_esc(candidate.folder)})" if candidate.folder else ""
+    rows = [[f.path, f"{f.bytes:,}", f.sha256] for f in candidate.files]
+    return [
+        f"<h2>Files of <code>{_esc(candidate.name)}</code>{where}</h2>",
+        _table(["file", "bytes", "sha256"], rows, cls="files"),
+    ]
+
+
+def _stage_times_html(report: Report) -> list[str]:
+    times = report.stage_times or []
+    if not times:
+        return []
+    total = sum(t.wall_time_s for t in times)
+    rows = [
+        [
+            t.stage + (f" (resumed: {t.carried_over_s:.1f} s before)" if t.carried_over_s else ""),
+            f"{t.wall_time_s:.1f}",
+            f"{t.wall_time_s / total:.0%}" if total else "–",
+        ]
+        for t in times
+    ]
+    rows.append(["total", f"{total:.1f} ({total / 60:.1f} min)", "100%"])
+    note = (
+        "Wall time of each stage when it ran (a cached stage keeps the time of the run that made it; a stage "
+        "resumed after an interruption adds its earlier invocations' work up to their last checkpoint); the "
+        "benchmark's own time is in stage.json next to this report."
+    )
+    return [
+        "<h2>Where the time went</h2>",
+        f"<p class='muted'>{note}</p>",
+        _table(["stage", "seconds", "share"], rows),
+    ]
+
+
+def _student_budget_html(report: Report) -> list[str]:
+    budget = report.student_budget
+    if not budget:
+        return []
+    rows = []
+    for i, c in enumerate(budget.candidates):
+        prune = f", FFN {c.prune.ffn_keep:g}, heads {c.prune.heads_keep:g}" if c.prune else ""
+        chosen = " (chosen)" if i == budget.chosen else ""
+        rows.append(
+            [
+                f"layers {c.layers}{prune}{chosen}",
+                _fmt(c.int8_p50_ms, 2),
+                _fmt(c.predicted_speedup_p50, 2, "x"),
+            ]
+        )
+    note = (
+        f"student.budget timed each candidate (INT8, batch 1, {budget.threads} thread(s), {budget.texts} "
+        f"validation texts) against the teacher ({_fmt(budget.teacher_p50_ms, 1)} ms) before distilling and "
+        f"chose the first to reach {_fmt(budget.needed_speedup, 2, 'x')}. Predicted speed-up "
+        f"{_fmt(budget.predicted_speedup_p50, 2, 'x')}; measured by this benchmark "
+        f"{_fmt(budget.measured_speedup_p50, 2, 'x')}."
+    )
+    return [
+        "<h2>Student size chosen for the speed gate</h2>",
+        f"<p class='muted'>{_esc(note)}</p>",
+        _table(["candidate", "INT8 p50 ms", "predicted speed-up"], rows),
+    ]
+
+
+def _inline_md(text: str) -> str:
+    """report.md's inline markup (**bold**, `code`) as HTML, the rest escaped."""
+    escaped = _esc(text)
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escaped)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
+
+
+def _with_ci(value: Any, ci: Any, digits: int, signed: bool = False) -> str:
+    if not _is_num(value):
+        return "–"
+    text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    if isinstance(ci, list | tuple) and len(ci) == 2 and all(_is_num(x) for x in ci):
+        text += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    return text
 
 
 def _figure(svg: str, caption: str) -> str:
     return f"<figure>{svg}<figcaption>{_esc(caption)}</figcaption></figure>" if svg else ""
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    attrs = f" class='{cls}'" if cls else ""
+    return f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _or(value: Any, default: str) -> str:
@@ -574,14 +464,6 @@ def _is_num(value: Any) -> bool:
 
 def _fmt(value: Any, digits: int, suffix: str = "") -> str:
     return f"{value:.{digits}f}{suffix}" if _is_num(value) else "–"
-
-
-def _tick(value: float) -> str:
-    return f"{value:.4g}"
-
-
-def _short(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _esc(value: Any) -> str:

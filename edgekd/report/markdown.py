@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgekd.report.gates import CANDIDATE, MB, REFERENCE
-from edgekd.report.schema import BudgetPrune, Report, as_report
+from edgekd.report.gates import CANDIDATE, GATE_COLUMNS, MB, REFERENCE, gate_cells, verdict_summary
+from edgekd.report.schema import BudgetPrune, Environment, Report, as_report
 
 
 def summary_rows(report: Report | Mapping[str, Any]) -> list[list[str]]:
@@ -52,14 +52,8 @@ def write_report_md(report: Report | Mapping[str, Any], path: str | Path) -> Non
 
 
 def _verdict_section(report: Report) -> str:
-    gates = report.gates
-    failed = report.failed_gates
-    if not gates:
-        verdict = "**Verdict: NO GATES SET**: nothing was checked"
-    elif failed:
-        verdict = f"**Verdict: FAIL**: {len(failed)} of {len(gates)} gates failed ({', '.join(failed)})"
-    else:
-        verdict = f"**Verdict: PASS**: all {len(gates)} gates passed"
+    headline, detail = verdict_summary(report)
+    verdict = f"**Verdict: {headline}**: {detail}"
     created = report.created_utc or ""
     lines = [
         f"# edgekd sign-off report: {report.recipe or ''}",
@@ -68,7 +62,29 @@ def _verdict_section(report: Report) -> str:
         "",
         f"edgekd {_or(report.edgekd_version)}" + (f", generated {created}" if created else ""),
     ]
-    return "\n".join(lines)
+    judged_by = reference_report_line(report)
+    return "\n".join(lines + (["", judged_by] if judged_by else []))
+
+
+def reference_report_line(report: Report) -> str | None:
+    """A device run's (`edgekd benchmark --reference`) one line on the report it was judged against."""
+    ref = report.reference_report
+    if ref is None:
+        return None
+    made = ", ".join(
+        part
+        for part in (
+            f"recipe `{ref.recipe}`" if ref.recipe else "",
+            f"generated {ref.created_utc}" if ref.created_utc else "",
+            f"measured on {ref.machine}" if ref.machine else "",
+        )
+        if part
+    )
+    return (
+        f"**Judged against the reference report** `{ref.path}` (sha256 `{ref.sha256[:16]}`; {made}): the "
+        f"`{ref.reference}` row is copied from it, not measured here, and the gates are its gates; speed-up "
+        f"and compression divide its `{ref.reference}` figures by this machine's."
+    )
 
 
 def _setup_section(report: Report) -> str:
@@ -85,6 +101,7 @@ def _setup_section(report: Report) -> str:
         "",
         f"- CPU: {_or(cpu.model)}; {_or(cpu.logical_cores)} logical cores, "
         f"{_or(cpu.usable_cores)} usable; flags: {', '.join(flags) or 'none of note'}",
+        *(f"- {line}" for line in machine_lines(env)),
         f"- Libraries: {libs or '?'}",
         f"- Python {_or(env.python)} on {_or(env.platform)}",
         f"- Load average (1/5/15 min) before: {', '.join(map(str, load)) if load else '?'}; "
@@ -115,6 +132,52 @@ def _setup_section(report: Report) -> str:
             f"max_length {bench.max_length}",
         ]
     return "\n".join(lines)
+
+
+def machine_lines(env: Environment) -> list[str]:
+    """What report.md and report.html say about the CPU and the host beyond its model name and cores:
+    identification numbers, clocks, caches, RAM, virtualization and OS, leaving out what is unknown."""
+    cpu = env.cpu
+    if cpu.family is not None:
+        identity = (
+            f"{cpu.vendor or 'x86'} family {cpu.family} model {_or(cpu.model_number)} "
+            f"stepping {_or(cpu.stepping)}"
+        )
+    elif cpu.implementer or cpu.part:
+        identity = (
+            f"{cpu.vendor or 'Arm'} implementer {_or(cpu.implementer)} part {_or(cpu.part)} "
+            f"variant {_or(cpu.variant)} revision {_or(cpu.revision)}"
+        )
+    else:
+        identity = cpu.vendor or ""
+    clocks = ", ".join(
+        f"{name} {mhz / 1000:.2f} GHz" for name, mhz in (("base", cpu.base_mhz), ("max", cpu.max_mhz)) if mhz
+    )
+    caches = ", ".join(f"{name} {_kib(kib)}" for name, kib in (cpu.caches_kib or {}).items())
+    details = [
+        identity,
+        clocks,
+        f"governor {cpu.governor}" if cpu.governor else "",
+        f"caches {caches}" if caches else "",
+    ]
+    lines = [f"CPU details: {'; '.join(d for d in details if d)}"] if any(details) else []
+    host = [f"{env.memory_total_mb / 1000:.1f} GB RAM" if env.memory_total_mb else ""]
+    virt = env.virtualization
+    if virt:
+        named = " ".join(x for x in (virt.hypervisor, virt.sys_vendor, virt.product_name) if x)
+        kind = {True: "virtual machine", False: "no hypervisor flag", None: ""}[virt.guest]
+        host.append(f"{kind or 'machine'}: {named}" if named else kind)
+    system = env.os
+    if system:
+        kernel = f"{system.system or 'kernel'} {system.kernel}" if system.kernel else ""
+        host.append(", ".join(x for x in (system.distro, kernel) if x))
+    if any(host):
+        lines.append(f"Host: {'; '.join(h for h in host if h)}")
+    return lines
+
+
+def _kib(kib: int) -> str:
+    return f"{kib / 1024:g} MiB" if kib >= 1024 and kib % 1024 == 0 else f"{kib} KiB"
 
 
 def _variants_section(report: Report) -> str:
@@ -169,17 +232,19 @@ def _gates_section(report: Report) -> str:
     title = f"## Gates ({report.candidate or CANDIDATE} vs {report.reference or REFERENCE})"
     if not gates:
         return f"{title}\n\nNo gates are set in the recipe."
-    rows = [
-        [
-            f"`{g.name}`",
-            f"{g.comparison or ''} {g.limit:.4g} {g.unit or ''}".strip(),
-            f"{g.value:.4g} {g.unit or ''}".strip(),
-            "PASS" if g.passed else "**FAIL**",
-            g.description or "",
-        ]
-        for g in gates
-    ]
-    return f"{title}\n\n" + _table(["gate", "limit", "value", "result", "measured as"], rows)
+    rows = []
+    for g in gates:
+        name, limit, value, ci, verdict, how = gate_cells(g)
+        # FAIL in bold, INCONCLUSIVE in italics: neither reads as a PASS at a glance.
+        shown = {"fail": f"**{verdict}**", "inconclusive": f"_{verdict}_"}.get(g.verdict, verdict)
+        rows.append([f"`{name}`", limit, value, ci, shown, how])
+    note = (
+        "A verdict is INCONCLUSIVE when the value's 95% interval straddles the limit: the same files could "
+        "pass or fail on another run; measure again with the suggested batch-1 requests per model. Accuracy "
+        "and size against a fixed limit are judged on the value (a fixed test set gives the same value on "
+        "every run); their interval, where shown, is for information."
+    )
+    return f"{title}\n\n" + _table(GATE_COLUMNS, rows) + "\n\n" + note
 
 
 def _sequence_length_section(report: Report) -> str:
@@ -311,22 +376,23 @@ def _per_class_section(report: Report) -> str:
     return "## Per-class F1\n\n" + _table(header, rows)
 
 
+READING_NOTES = (
+    "**Latency** (`p50/p90/p99 ms`) is the model call alone, one request at a time, timed per request "
+    "with `time.perf_counter_ns`; **tokenize** is the tokenizer alone and **e2e** the sum of both. "
+    "The p50 CI is a bootstrap 95% interval of the median.",
+    "**Speed-up** and **compression** are the reference's p50 latency and size divided by the variant's.",
+    "**Size** counts the files a deployment ships (weights, config, tokenizer); MB = 10^6 bytes. "
+    "**Params** are read from file headers (ONNX: stored initializers, quantized ones included).",
+    "**Δ acc** is the variant's accuracy minus the reference's on the same test texts, with a paired "
+    "bootstrap 95% interval; **agreement** is the share of texts where both predict the same class.",
+    "**Peak RSS** is the worker process's peak resident memory after loading the model and serving the "
+    "batch-1 requests; it includes the runtime itself (torch + transformers for PyTorch variants).",
+)
+"""The "How to read this" bullets (markdown: **bold** and `code`), shared with report.html."""
+
+
 def _notes_section(report: Report) -> str:
-    lines = [
-        "## How to read this",
-        "",
-        "- **Latency** (`p50/p90/p99 ms`) is the model call alone, one request at a time, timed per request "
-        "with `time.perf_counter_ns`; **tokenize** is the tokenizer alone and **e2e** the sum of both. "
-        "The p50 CI is a bootstrap 95% interval of the median.",
-        "- **Speed-up** and **compression** are the reference's p50 latency and size divided by the "
-        "variant's.",
-        "- **Size** counts the files a deployment ships (weights, config, tokenizer); MB = 10^6 bytes. "
-        "**Params** are read from file headers (ONNX: stored initializers, quantized ones included).",
-        "- **Δ acc** is the variant's accuracy minus the reference's on the same test texts, with a paired "
-        "bootstrap 95% interval; **agreement** is the share of texts where both predict the same class.",
-        "- **Peak RSS** is the worker process's peak resident memory after loading the model and serving the "
-        "batch-1 requests; it includes the runtime itself (torch + transformers for PyTorch variants).",
-    ]
+    lines = ["## How to read this", "", *(f"- {note}" for note in READING_NOTES)]
     warnings = report.warnings
     if warnings:
         lines += ["", "## Warnings", "", *(f"- {w}" for w in warnings)]

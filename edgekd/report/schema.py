@@ -21,9 +21,16 @@ Imports only pydantic and the standard library (tests/test_import_graph.py keeps
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 """The version of report.json this edgekd writes. 0: reports from before the field existed. Raise it when a
@@ -67,6 +74,10 @@ class Latency(Percentiles):
 
     p50_ci95: tuple[float, float] | None = None
     """Bootstrap 95% interval of the median (1000 resamples, seed 0)."""
+    p90_ci95: tuple[float, float] | None = None
+    """Bootstrap 95% interval of the p90 (the same resamples)."""
+    p99_ci95: tuple[float, float] | None = None
+    """Bootstrap 95% interval of the p99 (the same resamples)."""
 
 
 class LengthLatency(Section):
@@ -119,6 +130,24 @@ class AccuracyDiff(Section):
     """Paired bootstrap 95% interval (1000 resamples, seed 0)."""
 
 
+class LatencyDiff(Section):
+    """This variant's batch-1 p50 minus another's, ms, over the same requests."""
+
+    diff: float
+    ci95: tuple[float, float]
+    """Paired bootstrap 95% interval: request i of both is the same text in the same round (1000 resamples,
+    seed 0)."""
+    n: int
+    """Requests paired."""
+
+
+class PairedDiff(Section):
+    """This variant minus another one, measured side by side in the same run (edgekd/bench/records.py)."""
+
+    accuracy_pts: AccuracyDiff | None = None
+    p50_ms: LatencyDiff | None = None
+
+
 OUT_OF_SCOPE_KEYS = ("in_scope_accuracy", "out_of_scope_recall")
 
 
@@ -139,6 +168,9 @@ class Variant(Section):
     """"pytorch" or "onnx"."""
     accuracy: float | None = None
     """Share of the test split predicted right (0..1)."""
+    accuracy_ci95: tuple[float, float] | None = None
+    """Bootstrap 95% interval of the accuracy over the test texts (1000 resamples, seed 0): how far another
+    test set of this size could move it. The test set is fixed, so a rerun gives the same accuracy."""
     macro_f1: float | None = None
     per_class: dict[str, ClassScores] | None = None
     """By class name."""
@@ -155,6 +187,8 @@ class Variant(Section):
     latency_by_length_ms: list[LengthLatency] | None = None
     throughput_texts_per_s: dict[str, float] | None = None
     """Texts per second by batch size (median over rounds), tokenization included."""
+    throughput_range_texts_per_s: dict[str, tuple[float, float]] | None = None
+    """Lowest and highest texts per second over the rounds, by batch size."""
     throughput_threads: int | None = None
     throughput_per_s: float | None = None
     """Texts per second of the accuracy pass over the whole test split."""
@@ -170,6 +204,9 @@ class Variant(Section):
     max_positions: int | None = None
     torch_imported: bool | None = None
     """Whether the worker process imported torch (False for an ONNX variant: the torch-free runtime)."""
+    source: str | None = None
+    """Set when this run did not measure the variant: the report its numbers were copied from (a device run's
+    reference)."""
     raw: str | None = None
     """Per-request latencies and predictions, relative to the report folder."""
     folder: str | None = None
@@ -188,6 +225,9 @@ class Variant(Section):
     """Reference size divided by this variant's."""
     params_ratio: float | None = None
     """This variant's params divided by the reference's (None when the reference's are unknown)."""
+    paired_diffs: dict[str, PairedDiff] | None = None
+    """This variant minus the named variant on the same texts and requests (written against the Optimum
+    baseline, when the report has one, for `beat_optimum_baseline`)."""
 
     @model_serializer(mode="wrap")
     def _leave_out_unscored(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
@@ -209,19 +249,49 @@ class Variant(Section):
 # Gates
 
 
+GateVerdict = Literal["pass", "fail", "inconclusive"]
+
+
 class Gate(Section):
-    """One sign-off gate's verdict on the candidate (edgekd/report/gates.py)."""
+    """One sign-off gate's verdict on the candidate (edgekd/report/gates.py says which rule each gate uses).
+
+    A gate read without `verdict` (a report from before it existed) gets "pass" or "fail" from `passed`; a gate
+    given a `verdict` gets `passed` from it, so the two never disagree."""
 
     name: str
     limit: float
     value: float
     passed: bool
+    """verdict == "pass" (what readers of older reports look at)."""
+    verdict: GateVerdict
+    """"pass", "fail", or "inconclusive" when the value's 95% interval straddles the limit."""
+    ci95: tuple[float, float] | None = None
+    """The 95% interval of `value`, on the scale of `limit`; None when the value has none."""
+    ci95_from: str | None = None
+    """What `ci95` is (e.g. a bootstrap over the batch-1 requests, a paired difference, the throughput rounds)."""
+    rule: str | None = None
+    """How the verdict was reached: "interval" (pass when all of ci95 is within the limit, fail when all of it
+    is outside, else inconclusive), "not-worse" (fail only when all of ci95 is on the wrong side) or "point"
+    (the value alone)."""
+    suggested_samples: int | None = None
+    """Inconclusive latency gates: the batch-1 requests per model that would likely resolve the gate."""
     comparison: str | None = None
     """"<=" or ">=": how `value` must compare with `limit` (inclusive)."""
     unit: str | None = None
     candidate: str | None = None
     reference: str | None = None
     description: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _verdict_and_passed_agree(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            data = dict(data)
+            if data.get("verdict") is not None:
+                data["passed"] = data["verdict"] == "pass"
+            elif isinstance(data.get("passed"), bool):
+                data["verdict"] = "pass" if data["passed"] else "fail"
+        return data
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -238,6 +308,51 @@ class Cpu(Section):
     """CPUs a cgroup v2 quota allows; None when unlimited or unknown."""
     flags: dict[str, bool] = Field(default_factory=dict)
     """The instruction-set extensions that decide the INT8 kernels; empty where the OS does not list them."""
+    vendor: str | None = None
+    """x86: vendor_id ("GenuineIntel", "AuthenticAMD"); arm64: named from the implementer code ("Arm")."""
+    family: int | None = None
+    """x86 CPU family (with model_number and stepping: the exact CPU generation and revision)."""
+    model_number: int | None = None
+    """x86 CPU model number (/proc/cpuinfo's "model")."""
+    stepping: int | None = None
+    implementer: str | None = None
+    """arm64 "CPU implementer" code ("0x41": Arm)."""
+    part: str | None = None
+    """arm64 "CPU part" code ("0xd0c": Neoverse-N1)."""
+    variant: str | None = None
+    """arm64 "CPU variant"."""
+    revision: int | None = None
+    """arm64 "CPU revision"."""
+    base_mhz: float | None = None
+    """Base (nominal) clock of cpu0, MHz."""
+    max_mhz: float | None = None
+    """Highest clock cpu0 may run at (turbo included), MHz."""
+    governor: str | None = None
+    """cpufreq scaling governor ("performance", "powersave"); None where the kernel exposes no cpufreq."""
+    caches_kib: dict[str, int] | None = None
+    """Cache sizes one core sees, KiB, by name ("L1d", "L1i", "L2", "L3")."""
+
+
+class Virtualization(Section):
+    """Whether the machine is a virtual one, and what the firmware calls it."""
+
+    guest: bool | None = None
+    """True under a hypervisor (x86's "hypervisor" CPU flag or /sys/hypervisor/type); None where unknown."""
+    hypervisor: str | None = None
+    """/sys/hypervisor/type ("xen")."""
+    sys_vendor: str | None = None
+    """DMI system vendor ("Amazon EC2", "QEMU", a board maker)."""
+    product_name: str | None = None
+    """DMI product name."""
+
+
+class OperatingSystem(Section):
+    system: str | None = None
+    """"Linux", "Darwin", "Windows"."""
+    kernel: str | None = None
+    """Kernel release."""
+    distro: str | None = None
+    """/etc/os-release's PRETTY_NAME (macOS or Windows version elsewhere)."""
 
 
 class OtherProcessesCores(Section):
@@ -270,6 +385,9 @@ class Environment(Section):
 
     cpu: Cpu = Field(default_factory=Cpu)
     memory_total_mb: float | None = None
+    """Installed RAM, MB = 1e6 bytes."""
+    virtualization: Virtualization | None = None
+    os: OperatingSystem | None = None
     versions: dict[str, str | None] = Field(default_factory=dict)
     """Library versions, None when not installed."""
     python: str | None = None
@@ -296,12 +414,17 @@ class BenchmarkSettings(Section):
     seed: int | None = None
     max_length: int | None = None
     test_texts: int | None = None
+    test_texts_sha256: str | None = None
+    """sha256 of the test texts and their label ids in order (edgekd.bench.reference.digest_of_test_texts): a
+    device run with --reference refuses other texts."""
     interleaved_rounds: int | None = None
     round_size: int | None = None
     seq_lengths: list[int] | None = None
     seq_samples: int | None = None
     throughput_batch_sizes: list[int] | None = None
     latency_definition: str | None = None
+    out_of_scope_label: str | None = None
+    """The class scored apart as "none of the others" (in-scope accuracy, out-of-scope recall), if any."""
 
 
 class StageTime(Section):
@@ -348,6 +471,21 @@ class StudentBudget(Section):
 # The report
 
 
+class ReferenceReport(Section):
+    """The build machine's report a device run was judged against (`edgekd benchmark --reference`)."""
+
+    path: str
+    sha256: str
+    recipe: str | None = None
+    created_utc: str | None = None
+    reference: str | None = None
+    """Its reference variant, copied into this report's variants."""
+    candidate: str | None = None
+    """The variant it signed: the measured folder's files are compared with this one's."""
+    machine: str | None = None
+    """The CPU it was measured on."""
+
+
 class Report(Section):
     """report.json."""
 
@@ -366,11 +504,13 @@ class Report(Section):
     variants: list[Variant] = Field(default_factory=list)
     gates: list[Gate] = Field(default_factory=list)
     passed: bool = False
-    """Every gate passed (True when no gate is set)."""
+    """Every gate passed (True when no gate is set); False when one failed or is inconclusive."""
     warnings: list[str] = Field(default_factory=list)
     stage_times: list[StageTime] | None = Field(default=None, exclude_if=_omitted_when_none)
     """Pipeline runs only."""
     student_budget: StudentBudget | None = Field(default=None, exclude_if=_omitted_when_none)
+    reference_report: ReferenceReport | None = Field(default=None, exclude_if=_omitted_when_none)
+    """A device run's (`edgekd benchmark --reference`): the report whose reference variant and gates it used."""
     """Pipeline runs with `student.budget` only."""
 
     def to_json(self) -> dict[str, Any]:
@@ -382,7 +522,22 @@ class Report(Section):
 
     @property
     def failed_gates(self) -> list[str]:
-        return [gate.name for gate in self.gates if not gate.passed]
+        """Gates whose verdict is "fail"."""
+        return [gate.name for gate in self.gates if gate.verdict == "fail"]
+
+    @property
+    def inconclusive_gates(self) -> list[str]:
+        """Gates whose interval straddles the limit: measure them again with more requests."""
+        return [gate.name for gate in self.gates if gate.verdict == "inconclusive"]
+
+    @property
+    def verdict(self) -> str:
+        """The worst gate verdict: "fail", then "inconclusive", then "pass"; "unchecked" when no gate is set."""
+        if not self.gates:
+            return "unchecked"
+        if self.failed_gates:
+            return "fail"
+        return "inconclusive" if self.inconclusive_gates else "pass"
 
 
 def as_report(report: Report | Mapping[str, Any]) -> Report:

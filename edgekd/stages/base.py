@@ -58,6 +58,9 @@ class StageBase:
 
     needs: tuple[str, ...] = ()
     distributed = False
+    # True for the stage whose folder users ship (quantize): the runner keeps its stage.json beside the folder,
+    # as `<run>/<folder>.stage.json`, so the folder holds the deployment alone.
+    ships = False
 
     def preflight(self, recipe: Recipe, splits: Splits) -> None:
         """Nothing to check before the chain starts."""

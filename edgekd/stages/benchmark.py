@@ -3,7 +3,9 @@
 In:  teacher/model, distill/model (PyTorch folders), quantize/ (ONNX folder), the test split, recipe.benchmark
      and recipe.gates; teacher/ and distill/ log_history.json for the training curves.
 Out: report.json, report.md, report.html, raw/<variant>.json (per-request latencies and predictions),
-     stage.json.
+     stage.json; and, once report.json is written, the candidate's model card: README.md in the folder users
+     ship (quantize/), with this report's figures and sha256 (edgekd/report/model_card.py). The card is not a
+     model file, so the report's size and file digests never count it, and not in quantize's recorded files.
 
 The measuring is `edgekd.bench.harness.benchmark_folders`, the same function `edgekd benchmark` runs. A failed
 gate is a verdict, not an error: the stage reports `passed: false` and the pipeline turns that into exit code 3.
@@ -22,8 +24,10 @@ from edgekd.bench.spec import HarnessSettings, MeasuredModel
 from edgekd.errors import InputError
 from edgekd.recipe.schema import Recipe
 from edgekd.report.gates import CANDIDATE, OPTIMUM_BASELINE, REFERENCE
+from edgekd.report.model_card import MODEL_CARD_FILE, REPORT_FILE, model_card
+from edgekd.report.schema import Report
 from edgekd.stages.base import StageBase, StageContext, StageResult
-from edgekd.stages.runner import fingerprint_path
+from edgekd.stages.runner import fingerprint_path, write_atomically
 
 __all__ = ["VARIANTS", "BenchmarkStage", "Variant", "check_threads", "latency_sample_indices"]
 
@@ -48,6 +52,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("student", "pytorch", "distill", "model"),
     Variant(CANDIDATE, "onnx", "quantize", ""),
 )
+CANDIDATE_STAGE = VARIANTS[-1].stage  # the folder users ship, which carries the model card
 # Measured too with `benchmark.optimum_baseline`: the same student as Optimum's defaults would ship it.
 BASELINE_VARIANT = Variant(OPTIMUM_BASELINE, "onnx", "optimum_baseline", "")
 # Stages whose Trainer log_history.json is plotted in report.html.
@@ -99,11 +104,34 @@ class BenchmarkStage(StageBase):
             student_budget=distill_budget_record(ctx.upstream),
             log=ctx.log,
         )
-        failed = report.failed_gates
-        return StageResult(
-            metrics={"passed": report.passed, "report": "report.json", "failed_gates": failed},
-            summary="all gates passed" if not failed else f"gates failed: {', '.join(failed)}",
-        )
+        candidate = next(model.folder for model in models if model.name == CANDIDATE)
+        write_model_card(candidate, report, out_dir / REPORT_FILE)
+        failed, unsure = report.failed_gates, report.inconclusive_gates
+        summary = "all gates passed" if report.passed else f"gates failed: {', '.join(failed)}"
+        if unsure and not failed:
+            summary = f"gates inconclusive (measure again with more requests): {', '.join(unsure)}"
+        metrics = {"passed": report.passed, "report": "report.json", "failed_gates": failed}
+        return StageResult(metrics={**metrics, "inconclusive_gates": unsure}, summary=summary)
+
+
+def write_model_card(folder: Path, report: Report, report_path: Path) -> None:
+    """The candidate folder's README.md, from the report just written at `report_path`."""
+    card = model_card(folder, report, report_path)
+    write_atomically(folder / MODEL_CARD_FILE, lambda handle: handle.write(card.encode("utf-8")))
+
+
+def restore_model_card(run_dir: Path) -> None:
+    """Write the card a cached benchmark's candidate folder lacks (a run from before cards, or a quantize folder
+    rebuilt after damage under the same key) from the report on disk; nothing when there is no readable one."""
+    folder = VARIANTS[-1].folder({CANDIDATE_STAGE: run_dir / CANDIDATE_STAGE})
+    report_path = run_dir / BenchmarkStage.folder / REPORT_FILE
+    if (folder / MODEL_CARD_FILE).is_file() or not folder.is_dir() or not report_path.is_file():
+        return
+    try:
+        report = Report.model_validate_json(report_path.read_bytes())
+    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
+        return
+    write_model_card(folder, report, report_path)
 
 
 # Gates added after reports were made: left out of the benchmark's key while unset, so those reports stay cached.

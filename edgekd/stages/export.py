@@ -7,7 +7,8 @@ Output folder (the artifact contract):
   `transformers.pipeline` load it, and so does the torch-free `edgekd.runtime.Classifier`; tokenizer_config.json
   sets `model_max_length` to `data.max_length` and right-side truncation, so `pipeline(..., truncation=True)`
   cuts a long text where the runtime does;
-* `edgekd.json`: labels, max_length, the ONNX inputs and provenance (recipe, source folder, versions, opset);
+* `edgekd.json`: labels, max_length, the ONNX inputs and provenance (recipe, source folder relative to the run
+  folder, e.g. "prune_vocab/model", versions, opset);
 * `parity.json`: |ONNX - PyTorch| logits on the first validation texts. A difference beyond
   `export.atol`, or any disagreement on the predicted class, fails the stage with `ParityError`.
 
@@ -102,7 +103,8 @@ class ExportStage(StageBase):
         write_json(out_dir / PARITY_FILE, parity_record(report, recipe.export.atol, max_length))
         check_parity(report, recipe.export.atol)
 
-        write_json(out_dir / MANIFEST_FILE, build_manifest(recipe, source, onnx_path, labels))
+        # The run-relative name of the source, never a path of the machine that built it (the folder ships).
+        write_json(out_dir / MANIFEST_FILE, build_manifest(recipe, f"{self.source}/model", onnx_path, labels))
         onnx_bytes = onnx_file_bytes(onnx_path)
         ctx.log(
             f"export: parity on {report.samples} texts: max |diff| {report.max_abs_diff:.2e}, "
@@ -339,8 +341,9 @@ def _cpu_session(onnx_path: Path) -> Any:
 # Manifest and sizes
 
 
-def build_manifest(recipe: Recipe, source: Path, onnx_path: Path, labels: list[str]) -> dict[str, Any]:
-    """The content of edgekd.json: what the runtime needs, and where the model came from."""
+def build_manifest(recipe: Recipe, source: str, onnx_path: Path, labels: list[str]) -> dict[str, Any]:
+    """The content of edgekd.json: what the runtime needs, and where the model came from (`source`: the
+    exported folder relative to the run folder)."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
@@ -354,7 +357,7 @@ def build_manifest(recipe: Recipe, source: Path, onnx_path: Path, labels: list[s
         "precision": "fp32",
         "provenance": {
             "recipe": recipe.name,
-            "source": str(source.resolve()),
+            "source": source,
             "edgekd_version": __version__,
             "opset": opset,
             "exporter": package_versions("optimum-onnx", "optimum", "torch", "transformers", "onnx"),

@@ -1,7 +1,9 @@
 """The runner that caches stages and writes them atomically (the contract itself is in `stages/base.py`). It:
 
 * keys the stage by a hash of its params, its inputs' keys and the fingerprint of local files it reads, and
-  skips it when `<run>/<stage>/stage.json` holds the same key (`force` re-runs it);
+  skips it when `<run>/<stage>/stage.json` holds the same key (`force` re-runs it); the record of the folder
+  users ship (a stage with `ships = True`: quantize) is kept beside it, `<run>/<stage>.stage.json`, so that
+  folder holds the deployment alone;
 * runs it in a temporary sibling folder and renames that into place only when the stage finished, so a killed
   run never leaves a folder that looks complete;
 * records the size and sha256 of every file in stage.json (written to disk with fsync before the rename) and
@@ -155,6 +157,41 @@ def read_stage_json(folder: Path) -> dict[str, Any] | None:
         return None
 
 
+def record_beside(run_dir: Path, stage: Stage) -> Path | None:
+    """Where the record of a stage whose folder users ship is kept (`<run>/<folder>.stage.json`, beside the
+    folder, so the folder holds only the deployment); None for every other stage (its record is in its folder)."""
+    return run_dir / f"{stage.folder}.{STAGE_FILE}" if getattr(stage, "ships", False) else None
+
+
+def read_stage_record(run_dir: Path, stage: Stage) -> dict[str, Any] | None:
+    """The stage.json record of a finished stage folder, wherever it is kept.
+
+    A record inside the folder comes first: a run folder from before records were kept beside shipped folders,
+    or a swap interrupted before its record was moved out (the record beside is then the previous run's).
+    A record beside a folder that is gone records nothing.
+    """
+    final = run_dir / stage.folder
+    inside = read_stage_json(final)
+    beside = record_beside(run_dir, stage)
+    if inside is not None or beside is None or not final.is_dir():
+        return inside
+    try:
+        record = json.loads(beside.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def move_record_beside(run_dir: Path, stage: Stage) -> None:
+    """Move a shipped folder's stage.json beside it (after a swap; for run folders from before, on reuse)."""
+    beside = record_beside(run_dir, stage)
+    inside = run_dir / stage.folder / STAGE_FILE
+    if beside is not None and inside.is_file():
+        os.replace(inside, beside)
+        sync_folder(run_dir / stage.folder)
+        sync_folder(run_dir)
+
+
 def file_checks(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
     """Size and sha256 (16 hex digits) of each file, for stage.json: what a later reuse checks."""
     return {
@@ -217,7 +254,8 @@ def run_stage(
         with main_process_first():
             if is_main_process():
                 finish_interrupted_swap(tmp, final, key, log)
-            done = read_stage_json(final)
+                move_record_beside(run_dir, stage)
+            done = read_stage_record(run_dir, stage)
             if done and done.get("key") == key and not force:
                 damage = damaged_file(final, done)
                 if damage is None:
@@ -256,7 +294,11 @@ def run_stage(
         raise problem from None
     if not is_main_process():
         barrier()  # rank 0 writes stage.json and renames the folder; then read its record
-        return key, read_stage_json(final) or {"key": key, "wall_time_s": 0.0, "metrics": {}}, False
+        return (
+            key,
+            read_stage_record(run_dir, stage) or {"key": key, "wall_time_s": 0.0, "metrics": {}},
+            False,
+        )
     record = {
         "stage": stage.name,
         "key": key,
@@ -285,6 +327,7 @@ def run_stage(
         (tmp / PARTIAL_MARKER).unlink(missing_ok=True)
         _swap_into_place(tmp, final)
         sync_folder(run_dir)
+        move_record_beside(run_dir, stage)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _write_failure(exc, stage, run_dir, final) from None

@@ -5,7 +5,7 @@ setting (weight type, per-channel, reduce-range, op types, excluded nodes) maps 
 with no preset in between. The stage then:
 
 * measures validation accuracy of the fp32 ONNX and of the INT8 ONNX with the runtime's tokenizer, and records
-  both in `edgekd.json` and `quantize.json`;
+  both in `edgekd.json`;
 * with `max_accuracy_drop_pts`, keeps the most sensitive layers in fp32 until the drop fits the budget
   (`edgekd.stages.quantize.search`), or fails listing every trial;
 * with `optimize`, applies ONNX Runtime's transformer fusions (Attention, SkipLayerNormalization, BiasGelu,
@@ -31,9 +31,11 @@ Default weight type (`weight_type: auto`), from `benchmarks/quantize_settings.py
 Fusions (`optimize`) were faster on the smoke student and slower on a 3x384 one (benchmarks/results/
 quantize_settings.json), hence `none` by default and `auto` to measure on the serving machine.
 
-Output folder (the artifact contract): `model.onnx` (INT8), the export folder's `config.json` and tokenizer
-files, `edgekd.json` (the export's, plus "quantization" and "accuracy" entries) and `quantize.json` (tool,
-settings, accuracies, trials, optimization timings, quantized MatMul count, sizes). It loads with
+Output folder (the artifact contract, the folder users ship): `model.onnx` (INT8), the export folder's
+`config.json` and tokenizer files, and `edgekd.json` (the export's, plus "quantization" and "accuracy" entries).
+Nothing else: the stage's record (the search's trials, optimization timings, quantized MatMul count, sizes, op
+types in its `metrics`) is the run's bookkeeping, kept beside the folder in `<run>/quantize.stage.json`
+(`ships = True`), and the benchmark stage adds the model card, README.md. It loads with
 `ORTModelForSequenceClassification.from_pretrained(folder)`, `transformers.pipeline` and
 `edgekd.runtime.Classifier`.
 """
@@ -71,7 +73,8 @@ from edgekd.stages.quantize.search import (
 )
 from edgekd.stages.runner import STAGE_FILE, fingerprint_path, write_json
 
-REPORT_FILE = "quantize.json"
+# Where the search's trials are recorded: the stage's record, beside the shipped folder (runner.record_beside).
+TRIALS_RECORD = f"quantize.{STAGE_FILE}: metrics.fp32_fallback.trials"
 TOOLS = {
     "dynamic": "onnxruntime.quantization.quantize_dynamic",
     "static": "onnxruntime.quantization.quantize_static",
@@ -91,6 +94,7 @@ class QuantizeStage(StageBase):
     name = "quantize"
     folder = "quantize"
     needs: tuple[str, ...] = ("export",)
+    ships = True
 
     def params(self, recipe: Recipe) -> dict[str, Any]:
         """The quantize section, the quantizer's version, the CPU flags `auto` reads, and the data measured on."""
@@ -166,7 +170,7 @@ class QuantizeStage(StageBase):
         prepared: Prepared,
         fp32_bytes: int,
     ) -> StageResult:
-        """Check the shipped file and write edgekd.json, quantize.json and the support files."""
+        """Check the shipped file, write edgekd.json and the support files; the details go to the record."""
         int8_path = out_dir / MODEL_FILE
         check_loads(int8_path)
         quantized = count_quantized_matmuls(int8_path)
@@ -175,33 +179,10 @@ class QuantizeStage(StageBase):
                 "quantization left every MatMul in fp32: the INT8 model would not be INT8",
                 hint="quantize.op_types must include MatMul, and nodes_to_exclude must not list every MatMul",
             )
-        tool = {"tool": TOOLS[settings["mode"]], "onnxruntime": _onnxruntime_version()}
         int8_bytes = onnx_file_bytes(int8_path)
         copy_support_files(export_dir, out_dir)
-        write_json(
-            out_dir / MANIFEST_FILE,
-            quantized_manifest(export_dir, settings, accuracy, prepared, search.chosen.fp32_groups),
-        )
-        write_json(
-            out_dir / REPORT_FILE,
-            {
-                **tool,
-                "settings": settings,
-                "accuracy": accuracy,
-                "optimization": prepared.optimization,
-                "fp32_fallback": {
-                    "groups": search.chosen.fp32_groups,
-                    "sensitivity_ranking": search.sensitivity,
-                    "trials": [trial.record() for trial in search.trials],
-                },
-                "quantized_matmuls": quantized,
-                "fp32_weight_matmuls": count_weight_matmuls(ctx.inputs["export"] / MODEL_FILE),
-                "fp32_bytes": fp32_bytes,
-                "int8_bytes": int8_bytes,
-                "compression": round(fp32_bytes / int8_bytes, 3),
-                "int8_op_types": dict(sorted(_op_type_counts(int8_path).items())),
-            },
-        )
+        manifest = quantized_manifest(export_dir, settings, accuracy, prepared, search.chosen.fp32_groups)
+        write_json(out_dir / MANIFEST_FILE, with_run_relative_source(manifest, ctx.run_dir))
         ratio = fp32_bytes / int8_bytes
         ctx.log(
             f"quantize: {quantized} INT8 MatMuls, {fp32_bytes / 1e6:.1f} -> {int8_bytes / 1e6:.1f} MB "
@@ -215,6 +196,16 @@ class QuantizeStage(StageBase):
                 "validation_accuracy_fp32": accuracy["fp32_onnx"],
                 "validation_accuracy_int8": accuracy["int8_onnx"],
                 "fp32_groups": search.chosen.fp32_groups,
+                # What quantize.json held (tool, settings and accuracy are in edgekd.json).
+                "fp32_weight_matmuls": count_weight_matmuls(ctx.inputs["export"] / MODEL_FILE),
+                "compression": round(ratio, 3),
+                "optimization": prepared.optimization,
+                "fp32_fallback": {
+                    "groups": search.chosen.fp32_groups,
+                    "sensitivity_ranking": search.sensitivity,
+                    "trials": [trial.record() for trial in search.trials],
+                },
+                "int8_op_types": dict(sorted(_op_type_counts(int8_path).items())),
             },
             summary=f"{quantized} INT8 MatMuls, {ratio:.1f}x smaller",
         )
@@ -223,7 +214,7 @@ class QuantizeStage(StageBase):
 def accuracy_record(
     fp32_accuracy: float, search: SearchResult, samples: int, budget: float | None
 ) -> dict[str, Any]:
-    """The accuracy entry of edgekd.json / quantize.json: the shipped file's and the fp32 ONNX's."""
+    """The accuracy entry of edgekd.json: the shipped file's and the fp32 ONNX's."""
     return {
         "split": "validation",
         "samples": samples,
@@ -347,10 +338,26 @@ def quantized_manifest(
         "settings": settings,
         "graph_optimization": prepared.optimization.get("applied", "none"),
         "fp32_fallback_groups": fp32_groups,
-        "trials": "quantize.json: fp32_fallback.trials",
+        "trials": TRIALS_RECORD,
     }
     manifest["accuracy"] = accuracy
     return manifest
+
+
+def with_run_relative_source(manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """`manifest` with provenance.source relative to the run folder ("prune_vocab/model"): an export folder
+    written before the export stage recorded it so still names a path of the machine that built it."""
+    provenance = manifest.get("provenance")
+    if not isinstance(provenance, dict):
+        return manifest
+    source = provenance.get("source")
+    if not isinstance(source, str) or not Path(source).is_absolute():
+        return manifest
+    try:
+        relative = Path(source).resolve().relative_to(run_dir.resolve()).as_posix()
+    except ValueError:  # not inside this run folder: its last two parts still say which stage's model it was
+        relative = Path(*Path(source).parts[-2:]).as_posix()
+    return {**manifest, "provenance": {**provenance, "source": relative}}
 
 
 def _onnxruntime_version() -> str | None:

@@ -16,8 +16,10 @@ The export and quantize stages write the folder users deploy; this module holds 
 The runtime (`edgekd.runtime.Classifier`, `edgekd predict`), the export, quantize and prune_vocab stages and the
 benchmark read the folder through these functions, so they agree on labels, max_length and padding.
 
-Module-level imports are the standard library and edgekd.errors only: numpy, onnx and safetensors are imported
-inside the functions that need them, tokenizer objects are passed in, and torch and transformers are never used.
+Module-level imports are the standard library, edgekd.errors and the ONNX reader next to this module
+(onnx_graph: ONNX graphs are read without the onnx package, which a device install lacks); numpy and safetensors
+are imported inside the functions that need them, tokenizer objects are passed in, and torch, transformers and
+onnx are never used.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from edgekd.errors import InputError, MissingDependencyError, StageError, first_line
+from edgekd.artifact.onnx_graph import WEIGHT_TYPES, Graph, MalformedGraph, Node, read_graph
+from edgekd.errors import InputError, StageError, first_line
 
 # ----------------------------------------------------------------------------------------------------------
 # File names
@@ -388,14 +391,12 @@ def onnx_model_path(folder: Path) -> Path:
 
 
 def external_data_files(onnx_path: str | Path) -> list[str]:
-    """File names (relative to the graph's folder) that hold the graph's external tensor data."""
-    onnx = _import_onnx()
-    model = _load_graph(onnx, onnx_path)
-    locations: set[str] = set()
-    for tensor in _initializers(model.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            locations.update(entry.value for entry in tensor.external_data if entry.key == "location")
-    return sorted(locations)
+    """File names (relative to the graph's folder) that hold the graph's external tensor data.
+
+    Raises:
+        InputError: the file is not an ONNX model (damaged, truncated or something else).
+    """
+    return sorted({t.external_location for t in _read_graph(onnx_path).initializers if t.external_location})
 
 
 def onnx_file_bytes(onnx_path: Path) -> int:
@@ -422,13 +423,11 @@ def param_count_onnx(onnx_path: str | Path) -> int:
     counts unique stored tensors (a randomly initialised model, whose LayerNorm weights are all equal, counts
     fewer than its PyTorch twin; a trained one the same).
     """
-    onnx = _import_onnx()
-    model = _load_graph(onnx, onnx_path)
-    quant_params = _quantization_parameter_names(model.graph)
-    counted_types = _weight_tensor_types()
+    graph = _read_graph(onnx_path)
+    quant_params = _quantization_parameter_names(graph.nodes)
     total = 0
-    for tensor in _initializers(model.graph):
-        if tensor.data_type not in counted_types or not tensor.dims or tensor.name in quant_params:
+    for tensor in graph.initializers:
+        if tensor.data_type not in WEIGHT_TYPES or not tensor.dims or tensor.name in quant_params:
             continue
         if tensor.name.endswith(QUANT_PARAM_SUFFIXES):
             continue
@@ -465,46 +464,27 @@ def param_count(folder: str | Path, onnx: bool) -> int:
     return param_count_safetensors(folder)
 
 
-def _import_onnx() -> Any:
-    try:
-        import onnx
-    except ImportError:
-        raise MissingDependencyError("onnx") from None
-    return onnx
-
-
-def _load_graph(onnx: Any, onnx_path: str | Path) -> Any:
-    """The graph without its external data.
+def _read_graph(onnx_path: str | Path) -> Graph:
+    """The graph's initializers and nodes (read without the onnx package; see onnx_graph).
 
     Raises:
         InputError: the file is not an ONNX model (damaged, truncated or something else).
     """
     try:
-        return onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # protobuf and onnx raise their own error types per failure
+        return read_graph(onnx_path)
+    except (OSError, MalformedGraph) as exc:
         raise InputError(
             f"cannot read the ONNX graph {onnx_path}: {first_line(exc)}",
             hint="the file is damaged or not an ONNX model: copy or export the folder again",
         ) from None
 
 
-def _initializers(graph: Any) -> Iterable[Any]:
-    return getattr(graph, "initializer", ())
-
-
-def _weight_tensor_types() -> set[int]:
-    from onnx import TensorProto
-
-    names = ("FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE", "INT8", "UINT8", "INT4", "UINT4")
-    return {getattr(TensorProto, name) for name in names if hasattr(TensorProto, name)}
-
-
-def _quantization_parameter_names(graph: Any) -> set[str]:
+def _quantization_parameter_names(nodes: Iterable[Node]) -> set[str]:
     names: set[str] = set()
-    for node in getattr(graph, "node", ()):
+    for node in nodes:
         for position in QUANT_PARAM_SLOTS.get(node.op_type, ()):
-            if position < len(node.input) and node.input[position]:
-                names.add(node.input[position])
+            if position < len(node.inputs) and node.inputs[position]:
+                names.add(node.inputs[position])
     return names
 
 
