@@ -30,27 +30,40 @@ RUNS_ROOT = Path("runs")
 def stages(recipe: Recipe | None = None) -> list[Stage]:
     """The chain, in order. Imported here so `import edgekd` stays light.
 
-    With `prune_vocab.enabled`, the vocabulary-pruning stage sits between distill and export and export reads
-    its model; otherwise the chain (and every cache key) is exactly as without the stage. With
-    `benchmark.optimum_baseline`, the Optimum baseline stage runs before the benchmark, which measures it too.
+    With `calibrate.out_of_scope` set, the calibrate stage follows distill; with `prune_vocab.enabled`, the
+    vocabulary-pruning stage sits before export; each later stage reads the model of the one before it.
+    Without them the chain (and every cache key) is exactly as without the stages. With
+    `benchmark.optimum_baseline`, the Optimum baseline stage runs before the benchmark, which measures it too;
+    with `benchmark.teacher_int8_optimum`, so does the stage that quantizes the teacher with Optimum alone.
     """
     from edgekd.stages.benchmark import BenchmarkStage
+    from edgekd.stages.calibrate import CalibrateStage
     from edgekd.stages.distill.stage import DistillStage
     from edgekd.stages.export import ExportStage
     from edgekd.stages.optimum_baseline import OptimumBaselineStage
+    from edgekd.stages.optimum_teacher import TeacherInt8OptimumStage
     from edgekd.stages.prune_vocab import PruneVocabStage
     from edgekd.stages.quantize.stage import QuantizeStage
     from edgekd.stages.teacher import TeacherStage
 
+    calibrated = recipe is not None and recipe.calibrate.out_of_scope != "off"
     pruned = recipe is not None and recipe.prune_vocab.enabled
+    student: list[Stage] = [DistillStage()]
+    trained = "distill"  # the stage whose model/ the next one reads
+    if calibrated:
+        student.append(CalibrateStage())
+        trained = "calibrate"
     if pruned:
-        student: list[Stage] = [DistillStage(), PruneVocabStage(), ExportStage(source="prune_vocab")]
-    else:
-        student = [DistillStage(), ExportStage()]
+        student.append(PruneVocabStage(source=trained))
+        trained = "prune_vocab"
+    student.append(ExportStage(source=trained))
     baseline = recipe is not None and recipe.benchmark.optimum_baseline
-    benchmark = BenchmarkStage(baseline=baseline, student_stage="prune_vocab" if pruned else "distill")
-    measured: list[Stage] = [OptimumBaselineStage(), benchmark] if baseline else [benchmark]
-    return [TeacherStage(), *student, QuantizeStage(), *measured]
+    teacher_int8 = recipe is not None and recipe.benchmark.teacher_int8_optimum
+    benchmark = BenchmarkStage(baseline=baseline, teacher_int8=teacher_int8, student_stage=trained)
+    measured: list[Stage] = [OptimumBaselineStage()] if baseline else []
+    if teacher_int8:
+        measured.append(TeacherInt8OptimumStage())
+    return [TeacherStage(), *student, QuantizeStage(), *measured, benchmark]
 
 
 def run_dir_for(recipe: Recipe, output_dir: str | Path | None) -> Path:
@@ -234,11 +247,23 @@ def check_model_folders(recipe: Recipe) -> None:
 
 def setting_problems(recipe: Recipe) -> list[str]:
     """Recipe settings that are valid in general but not here: more latency threads than this process may
-    use, quantizer op types it does not know, vocabulary pruning of a tokenizer that is not WordPiece."""
+    use, quantizer op types it does not know, vocabulary pruning of a tokenizer that is not WordPiece, an
+    out-of-scope calibration without an out-of-scope class."""
     from edgekd.bench.inputs import check_threads
     from edgekd.stages.quantize.ort import check_op_types
 
     problems: list[str] = []
+    if recipe.calibrate.out_of_scope != "off" and recipe.benchmark.out_of_scope_label is None:
+        problems.append(
+            "calibrate.out_of_scope needs the out-of-scope class: set benchmark.out_of_scope_label to the "
+            "dataset's 'none of the others' class (or calibrate.out_of_scope: off)"
+        )
+    scope_gates = ("max_in_scope_accuracy_drop_pts", "max_out_of_scope_recall_drop_pts")
+    for name in scope_gates:
+        if getattr(recipe.gates, name) is not None and recipe.benchmark.out_of_scope_label is None:
+            problems.append(
+                f"gates.{name} needs benchmark.out_of_scope_label (the 'none of the others' class)"
+            )
     try:  # the benchmark stage's own rule, so what passes here passes there
         check_threads(recipe.benchmark.threads)
     except InputError as exc:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -150,6 +151,27 @@ def test_rerun_skips_finished_stages_and_a_gate_change_reruns_only_the_benchmark
     assert report["passed"] is False
     after = {s: stage_record(run_dir, s)["key"] for s in EXPECTED_FILES}
     assert before == after
+
+
+@pytest.mark.e2e
+def test_the_optimum_teacher_joins_a_finished_run_without_retraining(smoke_run, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(smoke_run[0], run_dir)
+    before = {s: stage_record(run_dir, s)["key"] for s in EXPECTED_FILES}
+    flagged = edgekd(
+        "compress", str(SMOKE), "--output-dir", str(run_dir), "--set", "benchmark.teacher_int8_optimum=true"
+    )
+    assert flagged.returncode == 0, flagged.stderr[-2000:]
+    assert flagged.stderr.count("cached, skipped") == 4  # teacher, distill, export, quantize: keys unchanged
+    assert "[teacher_int8_optimum] done" in flagged.stderr
+    assert {s: stage_record(run_dir, s)["key"] for s in EXPECTED_FILES} == before
+    report = json.loads((run_dir / "report" / "report.json").read_text())
+    names = [v["name"] for v in report["variants"]]
+    assert names == ["teacher", "student", "student-int8-onnx", "teacher-int8-optimum"]
+    assert "teacher-int8-optimum" in flagged.stdout  # the terminal summary
+    assert sorted(p.name for p in (run_dir / "teacher_int8_optimum").glob("*.onnx")) == [
+        "model_quantized.onnx"
+    ]
 
 
 def test_bad_recipe_is_one_clear_error_with_exit_2(tmp_path: Path) -> None:

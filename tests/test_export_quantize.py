@@ -191,6 +191,43 @@ def test_quantize_writes_exactly_the_contracted_files(exported, quantized, toy_l
     assert report["int8_bytes"] < report["fp32_bytes"]
 
 
+def test_the_shipped_folder_records_its_target_and_the_build_cpu(quantized):
+    from edgekd.stages.quantize.ort import build_cpu
+
+    quantization = json.loads((quantized[0] / "edgekd.json").read_text())["quantization"]
+    build = build_cpu()
+    assert (quantization["target"], quantization["build_cpu"]) == ("auto", build)
+    assert quantization["target_resolved"] == build["target"]
+    settings = quantization["settings"]
+    # smoke.yaml sets neither: target auto keeps both off, as before targets.
+    assert (settings["per_channel"], settings["per_channel_requested"]) == (False, None)
+    assert (settings["reduce_range"], settings["reduce_range_requested"]) == (False, None)
+    assert settings["per_channel_reason"] == settings["reduce_range_reason"] == "not set: off"
+
+
+def test_a_named_target_quantizes_with_its_preset(exported, tmp_path):
+    import onnx
+
+    recipe = smoke_recipe("quantize.target=avx2", "quantize.per_channel=null")
+    out = tmp_path / "quantize"
+    result = run_stage(QuantizeStage(), recipe, {"export": exported[0]}, out)
+    quantization = json.loads((out / "edgekd.json").read_text())["quantization"]
+    assert (quantization["target"], quantization["target_resolved"]) == ("avx2", "avx2")
+    settings = quantization["settings"]
+    assert (settings["weight_type"], settings["per_channel"], settings["reduce_range"]) == (
+        "quint8",
+        True,
+        False,
+    )
+    assert settings["weight_type_reason"].startswith("target avx2 (AutoQuantizationConfig.avx2)")
+    # The file itself holds uint8 weights for every quantized MatMul (the preset reached the quantizer).
+    graph = onnx.load(str(out / "model.onnx")).graph
+    weight_types = {t.name: t.data_type for t in graph.initializer}
+    matmul_weights = [n.input[1] for n in graph.node if n.op_type == "MatMulInteger"]
+    assert len(matmul_weights) == result.metrics["quantized_matmuls"] == TINY_BERT_WEIGHT_MATMULS
+    assert {weight_types[name] for name in matmul_weights} == {onnx.TensorProto.UINT8}
+
+
 def test_an_export_folder_from_before_gets_a_run_relative_source(tmp_path):
     def source(value: str) -> str:
         manifest = {"labels": ["a"], "provenance": {"recipe": "r", "source": value}}

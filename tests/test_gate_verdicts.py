@@ -323,3 +323,17 @@ def test_compare_says_whether_two_latency_intervals_overlap():
     assert change((3.9, 4.1), (4.0, 4.2)).within_noise is True
     assert change((3.9, 4.0), (4.05, 4.2)).within_noise is False
     assert change(None, None).within_noise is None
+
+
+def test_in_scope_and_out_of_scope_gates_judge_the_two_parts_of_the_test_set():
+    teacher, student = _pair()
+    teacher.update(in_scope_accuracy=0.965, out_of_scope_recall=0.64)
+    student.update(in_scope_accuracy=0.960, out_of_scope_recall=0.60)
+    limits = {"max_in_scope_accuracy_drop_pts": 1.0, "max_out_of_scope_recall_drop_pts": 3.0}
+    gates = {g.name: g for g in evaluate_gates([teacher, student], limits)}
+    assert gates["max_in_scope_accuracy_drop_pts"].value == pytest.approx(0.5)
+    assert gates["max_in_scope_accuracy_drop_pts"].verdict == "pass"
+    assert gates["max_out_of_scope_recall_drop_pts"].value == pytest.approx(4.0)
+    assert gates["max_out_of_scope_recall_drop_pts"].verdict == "fail"
+    with pytest.raises(ValueError, match="out_of_scope_label"):
+        evaluate_gates(_pair(), {"max_out_of_scope_recall_drop_pts": 3.0})

@@ -200,6 +200,23 @@ def read_max_length(folder: Path, manifest: dict[str, Any] | None, config: dict[
     return DEFAULT_MAX_LENGTH
 
 
+# The CPUs `quantize.target` names (Optimum's AutoQuantizationConfig presets); edgekd.json records one of them.
+QUANTIZE_TARGETS = ("avx2", "avx512", "avx512_vnni", "arm64")
+
+
+def quantized_for(manifest: Mapping[str, Any] | None) -> str | None:
+    """The CPU an INT8 folder's settings were chosen for, from edgekd.json's `quantization` entry: the recipe's
+    `quantize.target`, or for `auto` the target the build CPU fits; None for an fp32 folder, one quantized
+    before targets were recorded, or `auto` on a CPU no target fits."""
+    quantization = (manifest or {}).get("quantization")
+    if not isinstance(quantization, Mapping):
+        return None
+    target = quantization.get("target_resolved")
+    if target is None and quantization.get("target") != "auto":
+        target = quantization.get("target")
+    return target if target in QUANTIZE_TARGETS else None
+
+
 def find_pad_token(folder: Path, tokenizer: Any, config: dict[str, Any]) -> tuple[int, str]:
     """The padding token (id, text): tokenizer_config.json, then special_tokens_map.json, then config.json.
 

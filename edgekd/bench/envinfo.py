@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -34,6 +35,9 @@ CPU_FLAGS = (
     "neon",
     "asimd",
 )
+# CPU flags that give ONNX Runtime's u8s8 kernels an int32-accumulating dot product (no int16 saturation).
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+ARM64_MACHINES = frozenset({"aarch64", "arm64"})
 LIBRARIES = ("torch", "transformers", "onnxruntime", "optimum", "optimum-onnx", "onnx", "numpy", "tokenizers")
 # What psutil raises where the OS withholds a fact (a sandbox without /proc, a platform it does not cover).
 _PSUTIL_FAILURES = (psutil.Error, OSError, RuntimeError)
@@ -91,6 +95,34 @@ def cpu_flags(cpuinfo: str | None = None) -> dict[str, bool]:
     if not present:
         return {}
     return {flag: flag in present for flag in CPU_FLAGS}
+
+
+def cpu_target(flags: Mapping[str, bool], arch: str) -> str | None:
+    """The `quantize.target` whose INT8 kernels a CPU runs: arm64, avx512_vnni (any int32-accumulating u8s8
+    dot product: AVX512-VNNI, AVX-VNNI or AMX-INT8), avx512 (AVX512F without VNNI), avx2; None when the OS lists
+    no flags (not Linux) or an x86 CPU has none of these.
+
+    Args:
+        flags: `cpu_flags()` (or a report's environment.cpu.flags).
+        arch: `platform.machine()` (or a report's environment.machine).
+    """
+    if arch.lower() in ARM64_MACHINES:
+        return "arm64"
+    if any(flags.get(flag) for flag in VNNI_FLAGS):
+        return "avx512_vnni"
+    if flags.get("avx512f"):
+        return "avx512"
+    if flags.get("avx2"):
+        return "avx2"
+    return None
+
+
+def cpu_flags_summary(flags: Mapping[str, bool]) -> str:
+    """The flags of `CPU_FLAGS` a CPU has, space-separated ("avx2 avx512f avx512_vnni"); "unknown" when the
+    OS lists none."""
+    if not flags:
+        return "unknown"
+    return " ".join(flag for flag in CPU_FLAGS if flags.get(flag)) or "none of " + " ".join(CPU_FLAGS)
 
 
 def cpu_flag_names(cpuinfo: str | None = None) -> set[str]:

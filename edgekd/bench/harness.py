@@ -37,6 +37,7 @@ from edgekd.bench.inputs import (
     max_length_warnings,
     other_processes_cores_now,
     setup_warnings,
+    target_warnings,
     thread_settings,
 )
 from edgekd.bench.measure import measure_models, raw_record
@@ -147,6 +148,7 @@ def benchmark_folders(
     oos = check_out_of_scope_label(settings.out_of_scope_label, splits.labels)
     for model in models:
         check_labels(labels[model.name], splits.labels, model.name)
+    check_scope_gates(gates, oos)
     latency_idx = latency_sample_indices(len(texts), settings.latency_samples, settings.seed)
     with report_folder_lock(out_dir) if lock else nullcontext():
         return _measure_and_report(
@@ -169,6 +171,21 @@ def benchmark_folders(
             texts_digest=digest,
             reference=reference,
             early_warnings=early_warnings,
+        )
+
+
+def check_scope_gates(gates: GatesSpec, out_of_scope: int | None) -> None:
+    """The in-scope / out-of-scope gates need the out-of-scope class.
+
+    Raises:
+        InputError: Such a gate is set without an out-of-scope label.
+    """
+    scope_gates = ("max_in_scope_accuracy_drop_pts", "max_out_of_scope_recall_drop_pts")
+    unscored = [name for name in scope_gates if getattr(gates, name) is not None and out_of_scope is None]
+    if unscored:
+        raise InputError(
+            f"the gate {unscored[0]} needs the out-of-scope class",
+            hint="name it with --out-of-scope-label (benchmark.out_of_scope_label in a recipe)",
         )
 
 
@@ -200,6 +217,7 @@ def _measure_and_report(
     env["other_processes_cores"] = {"at_start": other_processes_cores_now()}
     warnings = early_warnings + setup_warnings(env, settings.threads, len(texts), settings.latency_samples)
     warnings += [w for m in models if m.format == "onnx" for w in max_length_warnings(m, settings.max_length)]
+    warnings += [w for m in models if m.format == "onnx" for w in target_warnings(m, env)]
 
     start = cpu_snapshot()
     measured = measure_models(models, texts, latency_texts, settings, log)

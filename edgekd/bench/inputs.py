@@ -14,8 +14,15 @@ from warnings import catch_warnings, simplefilter
 
 import numpy as np
 
-from edgekd.artifact import folder_size, onnx_model_path, param_count
-from edgekd.bench.envinfo import cpu_snapshot, other_processes_cores, usable_cores
+from edgekd.artifact import (
+    MANIFEST_FILE,
+    folder_size,
+    onnx_model_path,
+    param_count,
+    quantized_for,
+    read_json_object,
+)
+from edgekd.bench.envinfo import cpu_snapshot, cpu_target, other_processes_cores, usable_cores
 from edgekd.bench.spec import HarnessSettings, MeasuredModel, Measurements
 from edgekd.bench.worker import thread_env
 from edgekd.errors import (
@@ -339,6 +346,42 @@ def max_length_warnings(model: MeasuredModel, max_length: int) -> list[str]:
     if recorded is not None and recorded != max_length:
         return [f"{model.name} was exported with max_length {recorded}; the benchmark used {max_length}"]
     return []
+
+
+def target_warnings(model: MeasuredModel, env: Mapping[str, Any]) -> list[str]:
+    """An INT8 folder quantized for another CPU than this one (edgekd.json's quantization target against this
+    machine's flags and architecture, `env` as `envinfo.environment()` returns it): one line, never an error."""
+    try:
+        manifest = read_json_object(model.folder / MANIFEST_FILE)
+    except InputError:  # a damaged edgekd.json is reported where the folder is checked
+        return []
+    cpu = env.get("cpu") or {}
+    here = cpu_target(cpu.get("flags") or {}, str(env.get("machine") or ""))
+    quantization = (manifest or {}).get("quantization") or {}
+    message = target_mismatch(model.name, quantized_for(manifest), here, quantization)
+    return [message] if message else []
+
+
+def target_mismatch(
+    name: str, built_for: str | None, here: str | None, quantization: Mapping[str, Any]
+) -> str | None:
+    """The warning for a folder quantized for CPU target `built_for` measured on a `here` CPU (both
+    `quantize.target` names; None where unknown, which says nothing); None when they match."""
+    if built_for is None or here is None or built_for == here:
+        return None
+    if quantization.get("target") == "auto":
+        build = quantization.get("build_cpu") or {}
+        how = f"target auto on a {build.get('machine')} CPU with {build.get('flags')}"
+    else:
+        how = f"quantize.target {built_for}"
+    weights = (quantization.get("settings") or {}).get("weight_type")
+    why = "its latency and accuracy here are not the target's"
+    if weights == "qint8" and here in ("avx2", "avx512"):
+        why += " (its int8 weights take the u8s8 kernel, whose VPMADDUBSW can saturate in int16 on this CPU)"
+    return (
+        f"{name} was quantized for {built_for} ({how}) but is measured on an {here} CPU: {why}; set "
+        f"quantize.target: {here} for this CPU"
+    )
 
 
 def thread_settings(settings: HarnessSettings, measured: Mapping[str, Measurements]) -> dict[str, Any]:

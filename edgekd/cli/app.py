@@ -242,6 +242,12 @@ def benchmark(
         int | None, typer.Option(help="Batch size of the accuracy pass. [default: 32]")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the latency sample. [default: 42]")] = None,
+    out_of_scope_label: Annotated[
+        str | None,
+        typer.Option(
+            help="The 'none of the others' class, scored apart (in-scope accuracy, out-of-scope recall)."
+        ),
+    ] = None,
     output_dir: Annotated[Path, typer.Option(help="Where the report files go.")] = Path("runs/benchmark"),
     gate: Annotated[
         list[str] | None, typer.Option(help="A sign-off gate, e.g. max_accuracy_drop_pts=1 (repeatable).")
@@ -270,7 +276,7 @@ def benchmark(
         "max_length": max_length if max_length is not None else manifest_max_length(model_dirs[-1]),
     }
     values = settings_from_reference(ref, given) if ref is not None else default_settings(given)
-    oos = ref.report.benchmark.out_of_scope_label if ref is not None else None
+    oos = out_of_scope_label or (ref.report.benchmark.out_of_scope_label if ref is not None else None)
     settings = HarnessSettings(
         threads=values["threads"],
         latency_samples=values["latency_samples"],

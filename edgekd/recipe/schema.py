@@ -367,14 +367,31 @@ class PruneVocabSpec(Strict):
     """A token is kept when it occurs at least this often in the tokenized training texts."""
 
 
+class CalibrateSpec(Strict):
+    """Fold an out-of-scope logit offset, chosen on validation, into the student's classifier (a stage after
+    distill; needs benchmark.out_of_scope_label). See edgekd/stages/calibrate.py."""
+
+    out_of_scope: Literal["off", "teacher_recall", "accuracy"] = "off"
+    """teacher_recall: flag the validation's out-of-scope texts as often as the teacher does; accuracy: the
+    offset with the best validation accuracy; off: no calibrate stage (the chain and its keys as without it)."""
+
+
 class QuantizeSpec(Strict):
     """INT8 with ONNX Runtime: dynamic (default) or static; accuracy-aware when a drop budget is set."""
 
     mode: Literal["dynamic", "static"] = "dynamic"
+    target: Literal["auto", "avx2", "avx512", "avx512_vnni", "arm64"] = "auto"
+    """The CPU the INT8 model will serve on. auto: the CPU running `compress`; the others take weight_type,
+    per_channel and reduce_range from Optimum's AutoQuantizationConfig preset of that name, unless set here
+    (table and sources in edgekd/stages/quantize/ort.py)."""
     weight_type: Literal["auto", "qint8", "quint8"] = "auto"
-    """auto: chosen from the CPU's instruction set (see edgekd/stages/quantize/stage.py)."""
-    per_channel: Flag = False
-    reduce_range: Flag = False
+    """auto: the target's choice; for target auto, from the build CPU's instruction set (see
+    edgekd/stages/quantize/stage.py)."""
+    per_channel: Flag | None = None
+    """Unset: the target's choice (off for target auto)."""
+    reduce_range: Flag | None = None
+    """7-bit weights, against int16 saturation of u8s8 on AVX2/AVX512 without VNNI. Unset: the target's choice
+    (off for every target)."""
     # Gather quantizes the word-embedding table: most of a small student's bytes (a 3x384 BERT is 47 of its
     # 70 MB in embeddings), so leaving it out would keep INT8 files about 3x larger than they need to be.
     op_types: list[str] = Field(
@@ -404,6 +421,10 @@ class BenchmarkSpec(Strict):
     optimum_baseline: Flag = False
     """Also measure the distilled student as Optimum's defaults ship it (optimum export + ORTQuantizer
     avx512_vnni dynamic preset), as the variant `optimum-int8`."""
+    teacher_int8_optimum: Flag = False
+    """Also measure what a user ships without distillation: the teacher exported by optimum-onnx and quantized
+    by ORTQuantizer's dynamic preset for the build CPU (avx512_vnni, avx512, avx2 or arm64), as the variant
+    `teacher-int8-optimum`."""
 
 
 class GatesSpec(Strict):
@@ -422,6 +443,10 @@ class GatesSpec(Strict):
     """Seconds the candidate's fresh worker process takes to import its runtime and load the folder."""
     min_throughput_texts_per_s: Number | None = Field(None, gt=0)
     """Texts per second at the largest batch size the benchmark measures (tokenization included)."""
+    max_in_scope_accuracy_drop_pts: Number | None = Field(None, ge=0)
+    """With benchmark.out_of_scope_label: the reference's accuracy on the in-scope test rows minus the candidate's."""
+    max_out_of_scope_recall_drop_pts: Number | None = Field(None, ge=0)
+    """With benchmark.out_of_scope_label: the reference's out-of-scope recall minus the candidate's, in points."""
     beat_optimum_baseline: Flag = False
     """The candidate must be at least as accurate, as fast (p50) and as small as the `optimum-int8` variant."""
 
@@ -436,6 +461,7 @@ class Recipe(Strict):
     teacher: TeacherSpec
     student: StudentSpec
     distill: DistillSpec = DistillSpec()
+    calibrate: CalibrateSpec = CalibrateSpec()
     prune_vocab: PruneVocabSpec = PruneVocabSpec()
     export: ExportSpec = ExportSpec()
     quantize: QuantizeSpec = QuantizeSpec()

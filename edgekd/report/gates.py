@@ -174,6 +174,15 @@ def _throughput(pair: Pair) -> Reading:
     return Reading(value, spread, "lowest and highest texts/s of the throughput rounds", "interval")
 
 
+def _scope_drop(pair: Pair, field: str) -> float:
+    """Points lost by the candidate on the in-scope or out-of-scope part of the test set."""
+    what = f"{field} (set benchmark.out_of_scope_label)"
+    return (
+        _number(pair.ref, what, getattr(pair.ref, field))
+        - _number(pair.cand, what, getattr(pair.cand, field))
+    ) * 100
+
+
 def _point(read: Callable[[Pair], float]) -> Callable[[Pair], Reading]:
     return lambda pair: Reading(read(pair))
 
@@ -242,6 +251,20 @@ GATE_RULES: tuple[GateRule, ...] = (
         "texts/s",
         "candidate texts per second at the largest batch size measured",
         _throughput,
+    ),
+    GateRule(
+        "max_in_scope_accuracy_drop_pts",
+        "max",
+        "pts",
+        "reference in-scope accuracy minus the candidate's (benchmark.out_of_scope_label), in points",
+        _point(lambda pair: _scope_drop(pair, "in_scope_accuracy")),
+    ),
+    GateRule(
+        "max_out_of_scope_recall_drop_pts",
+        "max",
+        "pts",
+        "reference out-of-scope recall minus the candidate's (benchmark.out_of_scope_label), in points",
+        _point(lambda pair: _scope_drop(pair, "out_of_scope_recall")),
     ),
 )
 

@@ -1,7 +1,8 @@
 """Benchmark stage: measure every variant the same way and judge the deployable one against the gates.
 
 In:  teacher/model, distill/model (PyTorch folders), quantize/ (ONNX folder), the test split, recipe.benchmark
-     and recipe.gates; teacher/ and distill/ log_history.json for the training curves.
+     and recipe.gates; teacher/ and distill/ log_history.json for the training curves; when the recipe asks,
+     optimum_baseline/ and teacher_int8_optimum/ (ONNX folders made with Optimum's defaults alone).
 Out: report.json, report.md, report.html, raw/<variant>.json (per-request latencies and predictions),
      stage.json; and, once report.json is written, the candidate's model card: README.md in the folder users
      ship (quantize/), with this report's figures and sha256 (edgekd/report/model_card.py). The card is not a
@@ -55,6 +56,10 @@ VARIANTS: tuple[Variant, ...] = (
 CANDIDATE_STAGE = VARIANTS[-1].stage  # the folder users ship, which carries the model card
 # Measured too with `benchmark.optimum_baseline`: the same student as Optimum's defaults would ship it.
 BASELINE_VARIANT = Variant(OPTIMUM_BASELINE, "onnx", "optimum_baseline", "")
+# Measured too with `benchmark.teacher_int8_optimum`: the teacher as Optimum alone ships it, no distillation
+# (edgekd.stages.optimum_teacher).
+TEACHER_INT8_OPTIMUM = "teacher-int8-optimum"
+TEACHER_INT8_VARIANT = Variant(TEACHER_INT8_OPTIMUM, "onnx", "teacher_int8_optimum", "")
 # Stages whose Trainer log_history.json is plotted in report.html.
 TRAINING_STAGES = ("teacher", "distill")
 
@@ -63,13 +68,20 @@ class BenchmarkStage(StageBase):
     name = "benchmark"
     folder = "report"
 
-    def __init__(self, baseline: bool = False, student_stage: str = "distill") -> None:
+    def __init__(
+        self, baseline: bool = False, student_stage: str = "distill", teacher_int8: bool = False
+    ) -> None:
         """Args:
         baseline: also measure the Optimum baseline stage's model (`benchmark.optimum_baseline`).
+        teacher_int8: also measure the Optimum-quantized teacher (`benchmark.teacher_int8_optimum`).
         student_stage: the stage whose fp32 model was exported ("prune_vocab" when the vocabulary is pruned),
             so the fp32 student row is the very model the shipped INT8 was quantized from.
         """
-        measured = (*VARIANTS, BASELINE_VARIANT) if baseline else VARIANTS
+        measured = (
+            *VARIANTS,
+            *((BASELINE_VARIANT,) if baseline else ()),
+            *((TEACHER_INT8_VARIANT,) if teacher_int8 else ()),
+        )
         self.variants = tuple(replace(v, stage=student_stage) if v.name == "student" else v for v in measured)
         # distill stays an input even when its model is not measured: its training curve goes into report.html.
         self.needs: tuple[str, ...] = tuple(
@@ -81,7 +93,7 @@ class BenchmarkStage(StageBase):
             "seed": recipe.seed,
             "data": recipe.data.model_dump(mode="json"),
             "data_files": fingerprint_path(recipe.data.path),
-            "benchmark": recipe.benchmark.model_dump(mode="json"),
+            "benchmark": benchmark_key(recipe),
             "gates": gates_key(recipe),
         }
 
@@ -135,7 +147,23 @@ def restore_model_card(run_dir: Path) -> None:
 
 
 # Gates added after reports were made: left out of the benchmark's key while unset, so those reports stay cached.
-LATER_GATES = ("max_latency_p99_ms", "max_peak_rss_mb", "max_load_s", "min_throughput_texts_per_s")
+LATER_GATES = (
+    "max_latency_p99_ms",
+    "max_peak_rss_mb",
+    "max_load_s",
+    "min_throughput_texts_per_s",
+    "max_in_scope_accuracy_drop_pts",
+    "max_out_of_scope_recall_drop_pts",
+)
+
+
+# Benchmark flags added after reports were made: left out of the key while false, for the same reason.
+LATER_FLAGS = ("teacher_int8_optimum",)
+
+
+def benchmark_key(recipe: Recipe) -> dict[str, Any]:
+    spec = recipe.benchmark.model_dump(mode="json")
+    return {name: value for name, value in spec.items() if not (name in LATER_FLAGS and value is False)}
 
 
 def gates_key(recipe: Recipe) -> dict[str, Any]:

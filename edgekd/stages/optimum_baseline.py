@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgekd.artifact import MODEL_FILE, onnx_file_bytes
+from edgekd.artifact import MODEL_FILE, external_data_files, onnx_file_bytes
 from edgekd.errors import StageError, first_line
 from edgekd.recipe.schema import Recipe
 from edgekd.stages.base import StageBase, StageContext, StageResult
@@ -64,8 +65,14 @@ class OptimumBaselineStage(StageBase):
         )
 
 
-def quantize_with_optimum(fp32_dir: Path, out_dir: Path) -> Path:
+def quantize_with_optimum(fp32_dir: Path, out_dir: Path, preset: Mapping[str, Any] = PRESET) -> Path:
     """Quantize `fp32_dir/model.onnx` with ORTQuantizer's preset into `out_dir`; returns the written file.
+
+    Args:
+        fp32_dir: The exporter's folder.
+        out_dir: Where the quantized model goes.
+        preset: `preset` names the `AutoQuantizationConfig` method (avx2, avx512, avx512_vnni, arm64), called
+            with `is_static` and `per_channel`.
 
     Raises:
         StageError: the quantizer failed or wrote nothing.
@@ -73,12 +80,17 @@ def quantize_with_optimum(fp32_dir: Path, out_dir: Path) -> Path:
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
-    config = AutoQuantizationConfig.avx512_vnni(
-        is_static=PRESET["is_static"], per_channel=PRESET["per_channel"]
-    )
+    make_config = getattr(AutoQuantizationConfig, preset["preset"])
+    config = make_config(is_static=preset["is_static"], per_channel=preset["per_channel"])
+    # A graph over protobuf's 2 GB limit (a large teacher) keeps its weights in an external data file.
+    external = bool(external_data_files(fp32_dir / MODEL_FILE))
     try:
         quantizer = ORTQuantizer.from_pretrained(fp32_dir, file_name=MODEL_FILE)
-        written = Path(quantizer.quantize(quantization_config=config, save_dir=out_dir))
+        written = Path(
+            quantizer.quantize(
+                quantization_config=config, save_dir=out_dir, use_external_data_format=external
+            )
+        )
     except Exception as exc:  # optimum and onnxruntime raise many types; the message is what matters
         raise StageError(f"Optimum quantization of {fp32_dir} failed: {first_line(exc)}") from exc
     # quantize() returns the save folder; the model is the one .onnx file in it.

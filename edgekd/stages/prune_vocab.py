@@ -47,7 +47,11 @@ class PruneVocabStage(StageBase):
 
     name = "prune_vocab"
     folder = "prune_vocab"
-    needs: tuple[str, ...] = ("distill",)
+
+    def __init__(self, source: str = "distill") -> None:
+        """Args: source: the stage whose `model/` folder is pruned (distill, or calibrate when enabled)."""
+        self.source = source
+        self.needs: tuple[str, ...] = (source,)
 
     def params(self, recipe: Recipe) -> dict[str, Any]:
         """The kept tokens depend on the pruning settings and the training texts."""
@@ -60,7 +64,7 @@ class PruneVocabStage(StageBase):
 
     def run(self, ctx: StageContext, out_dir: Path) -> StageResult:
         recipe = ctx.recipe
-        source = ctx.inputs["distill"] / "model"
+        source = ctx.inputs[self.source] / "model"
         target = out_dir / "model"
         splits = load_splits(recipe.data, recipe.seed)
         tokenizer_data = read_wordpiece_tokenizer(source)

@@ -1,5 +1,26 @@
-"""ONNX Runtime quantization: the settings (weight type per CPU, op types, excluded nodes), graph optimisation
-(fusion kept only when measurably faster), and dynamic or static (calibrated) INT8 quantization of one graph.
+"""ONNX Runtime quantization: the settings (weight type, per-channel and reduce-range for the target CPU, op
+types, excluded nodes), graph optimisation (fusion kept only when measurably faster), and dynamic or static
+(calibrated) INT8 quantization of one graph.
+
+`quantize.target` names the CPU the model will serve on. `auto` (default) is the CPU running `compress`, with
+edgekd's own choices (`resolve_weight_type`; per_channel and reduce_range off unless set). The other targets take
+the settings of Optimum's preset of the same name, `AutoQuantizationConfig.<target>(is_static=...)` (optimum-onnx
+0.1.0, optimum/onnxruntime/configuration.py), which `optimum-cli onnxruntime quantize --<target>` calls:
+
+| preset      | activations | weights     | per_channel (default) | reduce_range            |
+|-------------|-------------|-------------|-----------------------|-------------------------|
+| avx2        | uint8       | uint8 (u8u8)| True                  | False (a parameter)     |
+| avx512      | uint8       | int8 (u8s8) | True                  | False (a parameter)     |
+| avx512_vnni | uint8       | int8 (u8s8) | True                  | False (fixed)           |
+| arm64       | uint8       | int8 (u8s8) | True                  | False (fixed)           |
+
+Every preset leaves `operators_to_quantize` at ONNX Runtime's default list for the mode (the same for all four),
+so the target does not touch `quantize.op_types`. `optimum-cli` passes its own `--per_channel` flag (off unless
+given) where the Python presets default to True; edgekd follows the presets. A setting the recipe gives
+(`weight_type` other than auto, `per_channel`, `reduce_range`) wins over the preset; edgekd.json records what
+was asked, what was used and why. ONNX Runtime's quantization guide says why the presets differ: on AVX2 and
+AVX512 without VNNI the u8s8 kernel uses VPMADDUBSW, which can saturate in int16 (reduce_range, 7-bit weights,
+or u8u8 avoid it); VNNI and Arm have no such issue.
 """
 
 from __future__ import annotations
@@ -37,8 +58,42 @@ STATIC_OP_TYPES = frozenset({"MatMul", "Gemm"})
 PROTOBUF_LIMIT_BYTES = 2**31
 
 
-# CPU flags that give ORT's u8s8 kernels an int32-accumulating dot product (no int16 saturation).
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+@dataclass(frozen=True)
+class TargetPreset:
+    """What Optimum's `AutoQuantizationConfig.<target>` preset sets for dynamic and static INT8, and why."""
+
+    weight_type: str
+    per_channel: bool
+    reduce_range: bool
+    why: str
+
+
+# The presets of the module docstring's table (activations are uint8 in every one, as edgekd always uses).
+TARGET_PRESETS = {
+    "avx2": TargetPreset(
+        "quint8",
+        True,
+        False,
+        "u8 weights: ORT's u8u8 kernel cannot saturate, where u8s8's VPMADDUBSW adds pairs into int16 on AVX2",
+    ),
+    "avx512": TargetPreset(
+        "qint8",
+        True,
+        False,
+        "s8 weights: u8s8 does twice the multiply-adds of u8u8 per AVX512 instruction; VPMADDUBSW can "
+        "saturate in int16 (set reduce_range: true if accuracy drops)",
+    ),
+    "avx512_vnni": TargetPreset(
+        "qint8", True, False, "s8 weights: VNNI's VPDPBUSD accumulates u8 x s8 in int32, no saturation"
+    ),
+    "arm64": TargetPreset(
+        "qint8",
+        True,
+        False,
+        "s8 weights: u8s8 is faster than u8u8 on low-end ARM64 and the same on high-end, no saturation",
+    ),
+}
+AUTO_TARGET = "auto"
 
 
 # Fused graph must beat the plain one by this share of latency to be kept (timing noise on shared machines).
@@ -71,7 +126,7 @@ def resolve_weight_type(requested: str, flags: dict[str, bool] | None = None) ->
     """
     if requested != "auto":
         return requested, "set in the recipe"
-    from edgekd.bench.envinfo import cpu_flags
+    from edgekd.bench.envinfo import VNNI_FLAGS, cpu_flags
 
     present = flags if flags is not None else cpu_flags()
     vnni = [flag for flag in VNNI_FLAGS if present.get(flag)]
@@ -85,18 +140,81 @@ def resolve_weight_type(requested: str, flags: dict[str, bool] | None = None) ->
     )
 
 
-def quantization_settings(spec: QuantizeSpec, nodes_to_exclude: list[str]) -> dict[str, Any]:
-    """The settings as recorded in quantize.json and edgekd.json (weight type resolved)."""
-    weight_type, reason = resolve_weight_type(spec.weight_type)
+def target_settings(spec: QuantizeSpec, flags: dict[str, bool] | None = None) -> dict[str, Any]:
+    """Weight type, per-channel and reduce-range for `spec.target`, each with what the recipe asked and why.
+
+    Args:
+        spec: The quantize section.
+        flags: The build CPU's flags (read from /proc/cpuinfo when None; only target auto reads them).
+
+    Returns:
+        `weight_type`, `per_channel`, `reduce_range` (what the quantizer gets), and for each `<name>_requested`
+        (the recipe's value: "auto" or None mean the target's choice) and `<name>_reason`.
+    """
+    requested = {"per_channel": spec.per_channel, "reduce_range": spec.reduce_range}
+    settings: dict[str, Any] = {"weight_type_requested": spec.weight_type}
+    if spec.target == AUTO_TARGET:
+        weight_type, reason = resolve_weight_type(spec.weight_type, flags)
+        settings.update(weight_type=weight_type, weight_type_reason=reason)
+        for name, value in requested.items():
+            settings[name] = bool(value)
+            settings[f"{name}_reason"] = "set in the recipe" if value is not None else "not set: off"
+    else:
+        preset = TARGET_PRESETS[spec.target]
+        origin = f"AutoQuantizationConfig.{spec.target}"
+        if spec.weight_type == "auto":
+            settings.update(
+                weight_type=preset.weight_type,
+                weight_type_reason=f"target {spec.target} ({origin}): {preset.why}",
+            )
+        else:
+            settings.update(
+                weight_type=spec.weight_type,
+                weight_type_reason=f"set in the recipe (target {spec.target}'s preset: {preset.weight_type})",
+            )
+        for name, value in requested.items():
+            chosen = getattr(preset, name)
+            settings[name] = chosen if value is None else value
+            settings[f"{name}_reason"] = (
+                f"target {spec.target}: {origin} sets {name}={chosen}"
+                if value is None
+                else f"set in the recipe (target {spec.target}'s preset: {chosen})"
+            )
+    settings.update({f"{name}_requested": value for name, value in requested.items()})
+    return settings
+
+
+def build_cpu(flags: dict[str, bool] | None = None, machine: str | None = None) -> dict[str, Any]:
+    """The CPU running `compress` as edgekd.json records it: architecture, the INT8-relevant flags it has, and
+    the `quantize.target` it fits (what `target: auto` stands for; None where unknown)."""
+    import platform
+
+    from edgekd.bench.envinfo import cpu_flags, cpu_flags_summary, cpu_target
+
+    present = cpu_flags() if flags is None else flags
+    arch = platform.machine() if machine is None else machine
+    return {"machine": arch, "flags": cpu_flags_summary(present), "target": cpu_target(present, arch)}
+
+
+def quantization_settings(
+    spec: QuantizeSpec, nodes_to_exclude: list[str], flags: dict[str, bool] | None = None
+) -> dict[str, Any]:
+    """The settings as recorded in quantize.json and edgekd.json (target, weight type, per-channel and
+    reduce-range resolved; `flags`: the build CPU's, read from /proc/cpuinfo when None)."""
+    chosen = target_settings(spec, flags)
     settings: dict[str, Any] = {
         "mode": spec.mode,
-        "weight_type": weight_type,
-        "weight_type_requested": spec.weight_type,
-        "weight_type_reason": reason,
+        "target": spec.target,
+        "weight_type": chosen["weight_type"],
+        "weight_type_requested": chosen["weight_type_requested"],
+        "weight_type_reason": chosen["weight_type_reason"],
         # Dynamic quantization always quantizes activations to uint8; static uses uint8 too (MLAS's fast path).
         "activation_type": "quint8",
-        "per_channel": spec.per_channel,
-        "reduce_range": spec.reduce_range,
+        **{
+            f"{name}{suffix}": chosen[f"{name}{suffix}"]
+            for name in ("per_channel", "reduce_range")
+            for suffix in ("", "_requested", "_reason")
+        },
         "op_types": quantizable_op_types(spec),
         "nodes_to_exclude": nodes_to_exclude,
     }

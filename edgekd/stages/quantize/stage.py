@@ -28,6 +28,12 @@ Default weight type (`weight_type: auto`), from `benchmarks/quantize_settings.py
   `max_accuracy_drop_pts` guards every run.
 * Other CPUs (Arm, no AVX2) -> qint8, ORT's recommended default.
 
+That is `quantize.target: auto`, the CPU running `compress`. A named target (avx2, avx512, avx512_vnni, arm64)
+takes weight type, per-channel and reduce-range from Optimum's preset for it instead (`edgekd.stages.quantize.ort`
+has the table and the sources); the validation accuracy is still measured with this CPU's kernels, so a target
+whose kernels differ from the build CPU's (int16 saturation or not) can score differently on the device: the
+log says so, and `edgekd benchmark` on a CPU other than the folder's target warns.
+
 Fusions (`optimize`) were faster on the smoke student and slower on a 3x384 one (benchmarks/results/
 quantize_settings.json), hence `none` by default and `auto` to measure on the serving machine.
 
@@ -57,13 +63,14 @@ from edgekd.stages.base import StageBase, StageContext, StageResult
 from edgekd.stages.export import PARITY_FILE
 from edgekd.stages.quantize.ort import (
     Prepared,
+    build_cpu,
     check_op_types,
     make_quantizer,
     prepare_graph,
     quantizable_op_types,
     quantization_settings,
     resolve_excluded_nodes,
-    resolve_weight_type,
+    target_settings,
 )
 from edgekd.stages.quantize.search import (
     OnnxEvaluator,
@@ -97,11 +104,17 @@ class QuantizeStage(StageBase):
     ships = True
 
     def params(self, recipe: Recipe) -> dict[str, Any]:
-        """The quantize section, the quantizer's version, the CPU flags `auto` reads, and the data measured on."""
+        """The quantize section (per_channel and reduce_range as the quantizer gets them), the quantizer's
+        version, the weight type (for target auto: what the build CPU's flags pick), and the data measured on."""
+        spec = recipe.quantize
+        chosen = target_settings(spec)
+        # `target` joins the key only when set: folders quantized before it existed keep their key.
+        quantize = spec.model_dump(mode="json", exclude={"target"} if spec.target == "auto" else None)
+        quantize.update(per_channel=chosen["per_channel"], reduce_range=chosen["reduce_range"])
         return {
-            "quantize": recipe.quantize.model_dump(mode="json"),
+            "quantize": quantize,
             "onnxruntime": _onnxruntime_version(),
-            "weight_type": resolve_weight_type(recipe.quantize.weight_type)[0],
+            "weight_type": chosen["weight_type"],
             "seed": recipe.seed,
             "data": recipe.data.model_dump(mode="json"),
             "data_files": fingerprint_path(recipe.data.path),
@@ -118,6 +131,10 @@ class QuantizeStage(StageBase):
         check_op_types(spec.op_types)
         excluded = resolve_excluded_nodes(fp32_path, spec.nodes_to_exclude)
         settings = quantization_settings(spec, excluded)
+        build = build_cpu()
+        note = target_note(spec.target, build)
+        if note:
+            ctx.log(f"quantize: {note}")
         splits = load_splits(recipe.data, recipe.seed)
         max_length = recipe.data.max_length
         evaluate = OnnxEvaluator(
@@ -135,7 +152,8 @@ class QuantizeStage(StageBase):
                 fp32_path, export_dir, spec.optimize, quantize, latency_texts, max_length, work
             )
             ctx.log(
-                f"quantize: {spec.mode} INT8 ({settings['weight_type']}, per_channel={spec.per_channel}, "
+                f"quantize: {spec.mode} INT8 for target {spec.target} ({settings['weight_type']}, "
+                f"per_channel={settings['per_channel']}, reduce_range={settings['reduce_range']}, "
                 f"optimize={prepared.optimization['applied']}) of {fp32_path}"
             )
             groups = weight_node_groups(prepared.path, quantizable_op_types(spec), spec.fallback)
@@ -157,7 +175,7 @@ class QuantizeStage(StageBase):
         accuracy = accuracy_record(
             reference.accuracy, search, len(evaluate.labels), spec.max_accuracy_drop_pts
         )
-        return self._finish(ctx, out_dir, export_dir, settings, accuracy, search, prepared, fp32_bytes)
+        return self._finish(ctx, out_dir, export_dir, settings, accuracy, search, prepared, fp32_bytes, build)
 
     def _finish(
         self,
@@ -169,6 +187,7 @@ class QuantizeStage(StageBase):
         search: SearchResult,
         prepared: Prepared,
         fp32_bytes: int,
+        build: dict[str, Any],
     ) -> StageResult:
         """Check the shipped file, write edgekd.json and the support files; the details go to the record."""
         int8_path = out_dir / MODEL_FILE
@@ -181,7 +200,9 @@ class QuantizeStage(StageBase):
             )
         int8_bytes = onnx_file_bytes(int8_path)
         copy_support_files(export_dir, out_dir)
-        manifest = quantized_manifest(export_dir, settings, accuracy, prepared, search.chosen.fp32_groups)
+        manifest = quantized_manifest(
+            export_dir, settings, accuracy, prepared, search.chosen.fp32_groups, build
+        )
         write_json(out_dir / MANIFEST_FILE, with_run_relative_source(manifest, ctx.run_dir))
         ratio = fp32_bytes / int8_bytes
         ctx.log(
@@ -228,6 +249,18 @@ def accuracy_record(
 
 # ----------------------------------------------------------------------------------------------------------
 # Settings
+
+
+def target_note(target: str, build: dict[str, Any]) -> str | None:
+    """A line for the log when the named target is not the CPU running `compress`: the validation accuracy
+    measured here then comes from other INT8 kernels than the device's."""
+    if target == "auto" or build.get("target") == target:
+        return None
+    return (
+        f"target {target}, built on {build.get('target') or 'an unrecognised CPU'} ({build.get('machine')}: "
+        f"{build.get('flags')}): the validation accuracy is measured with this CPU's INT8 kernels; measure the "
+        "folder on the target with `edgekd benchmark`"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -317,9 +350,14 @@ def quantized_manifest(
     accuracy: dict[str, Any],
     prepared: Prepared,
     fp32_groups: list[str],
+    build: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The export's edgekd.json with the precision, a "quantization" entry (tool, settings, graph
+    """The export's edgekd.json with the precision, a "quantization" entry (tool, target, settings, graph
     optimization) and the validation "accuracy" measured for this file.
+
+    The target is recorded three ways: `target` as the recipe asked it, `build_cpu` (machine, flags, and the
+    target that CPU fits: what `auto` stands for) and `target_resolved`, the CPU the settings were chosen for
+    (`edgekd.artifact.quantized_for` reads it; `edgekd benchmark` warns on another CPU).
 
     Raises:
         StageError: the export's edgekd.json is missing or unreadable.
@@ -332,9 +370,13 @@ def quantized_manifest(
             f"cannot read the export's {MANIFEST_FILE}: {exc}", hint="re-run with --force"
         ) from None
     manifest["precision"] = f"int8-{settings['mode']}"
+    target = settings["target"]
     manifest["quantization"] = {
         "tool": TOOLS[settings["mode"]],
         "onnxruntime": _onnxruntime_version(),
+        "target": target,
+        "target_resolved": (build or {}).get("target") if target == "auto" else target,
+        "build_cpu": build,
         "settings": settings,
         "graph_optimization": prepared.optimization.get("applied", "none"),
         "fp32_fallback_groups": fp32_groups,
