@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,12 @@ def test_rerun_skips_finished_stages_and_a_gate_change_reruns_only_the_benchmark
     again = edgekd("compress", str(SMOKE), "--output-dir", str(run_dir))
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stderr.count("cached, skipped") == 5
+    created = json.loads((run_dir / "report" / "report.json").read_text())["created_utc"]
+    time.sleep(1.1)  # report times have one-second resolution
+    measured = edgekd("compress", str(SMOKE), "--output-dir", str(run_dir), "--rebenchmark")
+    assert measured.returncode == 0, measured.stderr[-2000:]
+    assert measured.stderr.count("cached, skipped") == 4 and "[benchmark] done" in measured.stderr
+    assert json.loads((run_dir / "report" / "report.json").read_text())["created_utc"] != created
     failing = edgekd("compress", str(SMOKE), "--output-dir", str(run_dir), "--set", "gates.max_size_mb=0.001")
     assert failing.returncode == 3, failing.stderr[-2000:]
     assert failing.stderr.count("cached, skipped") == 4

@@ -55,13 +55,21 @@ def compress(
     overrides: SetOption = None,
     output_dir: Annotated[Path | None, typer.Option(help="Run folder (default: runs/<recipe name>).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo every stage, even cached ones.")] = False,
+    rebenchmark: Annotated[
+        bool,
+        typer.Option(
+            "--rebenchmark", help="Measure again: redo the benchmark stage, reuse every cached stage."
+        ),
+    ] = False,
 ) -> None:
     """Run a recipe end to end: teacher → distill → export → quantize → benchmark report."""
     from edgekd.distributed import is_main_process
     from edgekd.pipeline import compress as run_compress
     from edgekd.report.schema import as_report
 
-    result = run_compress(recipe, overrides=overrides, output_dir=output_dir, force=force, log=_log)
+    result = run_compress(
+        recipe, overrides=overrides, output_dir=output_dir, force=force, log=_log, rebenchmark=rebenchmark
+    )
     run_dir = Path(result["run_dir"]) if result.get("run_dir") else None
     report = as_report(result)
     if is_main_process():  # under torchrun one table, not one per process
