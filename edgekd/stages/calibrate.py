@@ -94,13 +94,13 @@ class CalibrateStage(StageBase):
         source = ctx.inputs["distill"] / "model"
         teacher = cached_teacher_logits(ctx.inputs["teacher"] / "model", texts, "validation", recipe, ctx)
         student = torch_teacher_logits(
-            source, texts, recipe.data.max_length, desc="student logits (validation)"
+            source, texts, recipe.data.max_length, desc="validation", whose="student"
         )
         offset = choose_offset(student, np.asarray(teacher), gold, oos, recipe.calibrate.out_of_scope)
         target = out_dir / "model"
         fold_offset_into_bias(source, target, oos, offset)
         after = torch_teacher_logits(
-            target, texts, recipe.data.max_length, desc="calibrated logits (validation)"
+            target, texts, recipe.data.max_length, desc="validation", whose="calibrated student"
         )
         expected = scores(shifted(student, oos, offset).argmax(axis=1), gold, oos)
         measured = scores(after.argmax(axis=1), gold, oos)

@@ -79,11 +79,11 @@ def length_sorted_batches(texts: list[str], batch_size: int = BATCH_SIZE) -> Ite
         yield order[start : start + batch_size]
 
 
-def _tracked_batches(texts: list[str], desc: str) -> Iterator[list[int]]:
+def _tracked_batches(texts: list[str], desc: str, whose: str = "teacher") -> Iterator[list[int]]:
     from edgekd.progress import track
 
     batches = list(length_sorted_batches(texts))
-    return track(iter(batches), len(batches), f"teacher logits ({desc or 'texts'})", "batches")
+    return track(iter(batches), len(batches), f"{whose} logits ({desc or 'texts'})", "batches")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -91,9 +91,15 @@ def _tracked_batches(texts: list[str], desc: str) -> Iterator[list[int]]:
 
 
 def torch_teacher_logits(
-    teacher_dir: Path, texts: list[str], max_length: int, desc: str = "", bf16: bool = False
+    teacher_dir: Path,
+    texts: list[str],
+    max_length: int,
+    desc: str = "",
+    bf16: bool = False,
+    whose: str = "teacher",
 ) -> np.ndarray:
-    """Batched PyTorch teacher inference (fp32, or bf16 autocast), length-sorted with dynamic padding."""
+    """Batched PyTorch inference of a classifier folder (the teacher's, or `whose` model's for the progress
+    line), fp32 or bf16 autocast, length-sorted with dynamic padding."""
     import torch
 
     from edgekd.models import load_classifier, load_tokenizer
@@ -103,7 +109,7 @@ def torch_teacher_logits(
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     precision = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with torch.inference_mode(), precision:
-        for idx in _tracked_batches(texts, desc):
+        for idx in _tracked_batches(texts, desc, whose):
             enc = tokenizer(
                 [texts[i] for i in idx],
                 truncation=True,
