@@ -30,7 +30,7 @@ from edgekd.report.charts import (
     training_charts,
 )
 from edgekd.report.gates import GATE_COLUMNS, gate_cells, verdict_summary
-from edgekd.report.markdown import READING_NOTES, machine_lines, reference_report_line
+from edgekd.report.markdown import GATES_NOTE, READING_NOTES, machine_lines, reference_report_line
 from edgekd.report.schema import Gate, Report, Variant, as_report
 
 __all__ = ["nice_ticks", "pareto_front", "read_training_logs", "render_report_html", "write_report_html"]
@@ -131,6 +131,7 @@ def render_report_html(
         _variants_table(variants, report.reference),
         "<h2>Gates</h2>",
         _gates_table(report.gates),
+        f"<p class='muted'>{_esc(GATES_NOTE)}</p>" if report.gates else "",
         *_out_of_scope_html(report),
         "<h2>Charts</h2>",
         "<div class='charts'>" + "".join(c for c in charts if c) + "</div>",

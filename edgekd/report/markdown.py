@@ -227,6 +227,14 @@ def _variants_section(report: Report) -> str:
     return "## Variants\n\n" + _table(header, rows)
 
 
+GATES_NOTE = (
+    "A verdict is INCONCLUSIVE when the value's 95% interval straddles the limit: the same files could "
+    "pass or fail on another run; measure again with the suggested batch-1 requests per model. Accuracy "
+    "and size against a fixed limit are judged on the value (a fixed test set gives the same value on "
+    "every run); their interval, where shown, is for information."
+)
+
+
 def _gates_section(report: Report) -> str:
     gates = report.gates
     title = f"## Gates ({report.candidate or CANDIDATE} vs {report.reference or REFERENCE})"
@@ -238,13 +246,7 @@ def _gates_section(report: Report) -> str:
         # FAIL in bold, INCONCLUSIVE in italics: neither reads as a PASS at a glance.
         shown = {"fail": f"**{verdict}**", "inconclusive": f"_{verdict}_"}.get(g.verdict, verdict)
         rows.append([f"`{name}`", limit, value, ci, shown, how])
-    note = (
-        "A verdict is INCONCLUSIVE when the value's 95% interval straddles the limit: the same files could "
-        "pass or fail on another run; measure again with the suggested batch-1 requests per model. Accuracy "
-        "and size against a fixed limit are judged on the value (a fixed test set gives the same value on "
-        "every run); their interval, where shown, is for information."
-    )
-    return f"{title}\n\n" + _table(GATE_COLUMNS, rows) + "\n\n" + note
+    return f"{title}\n\n" + _table(GATE_COLUMNS, rows) + "\n\n" + GATES_NOTE
 
 
 def _sequence_length_section(report: Report) -> str:
