@@ -61,8 +61,7 @@ def teacher_preset(
 
 def recipe_preset(recipe: Recipe) -> dict[str, Any]:
     """The preset for a recipe: its `quantize.target`, or the build CPU's when that is auto."""
-    # getattr: quantize.target was added in a parallel change; a schema without it means auto.
-    return teacher_preset(target=getattr(recipe.quantize, "target", "auto"))
+    return teacher_preset(target=recipe.quantize.target)
 
 
 class TeacherInt8OptimumStage(StageBase):
