@@ -21,6 +21,7 @@ from edgekd.data import Splits, load_splits
 from edgekd.errors import InputError, RecipeError, RunLockedError, StageError, resource_error
 from edgekd.recipe.load import fix_hint, load_recipe, recipe_to_yaml
 from edgekd.recipe.schema import Recipe
+from edgekd.report.gates import SCOPE_GATES
 from edgekd.stages.base import Stage
 from edgekd.stages.runner import acquire_or_refuse, run_stage, write_json
 
@@ -267,8 +268,7 @@ def setting_problems(recipe: Recipe) -> list[str]:
             "calibrate.out_of_scope needs the out-of-scope class: set benchmark.out_of_scope_label to the "
             "dataset's 'none of the others' class (or calibrate.out_of_scope: off)"
         )
-    scope_gates = ("max_in_scope_accuracy_drop_pts", "max_out_of_scope_recall_drop_pts")
-    for name in scope_gates:
+    for name in SCOPE_GATES:
         if getattr(recipe.gates, name) is not None and recipe.benchmark.out_of_scope_label is None:
             problems.append(
                 f"gates.{name} needs benchmark.out_of_scope_label (the 'none of the others' class)"

@@ -63,6 +63,17 @@ def test_the_teacher_rule_matches_the_teachers_out_of_scope_recall():
     assert choose_offset(student, teacher, gold, OOS, "off") == 0.0
 
 
+def test_the_accuracy_sweep_agrees_with_trying_every_offset():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0.0, 2.0, (400, 6))
+    gold = rng.integers(0, 6, 400)
+    margin = margins(logits, OOS)
+    best = offset_for_accuracy(logits, gold, OOS, margin)
+    tried = sorted(np.unique(np.concatenate([[0.0], margin + 1e-4, margin - 1e-4])), key=abs)
+    right = [(shifted(logits, OOS, b).argmax(axis=1) == gold).sum() for b in tried]
+    assert best == tried[int(np.argmax(right))]
+
+
 def test_the_accuracy_rule_finds_the_best_offset():
     rng = np.random.default_rng(2)
     gold = rng.integers(0, 3, size=200)

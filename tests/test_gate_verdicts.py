@@ -8,15 +8,16 @@ import json
 import numpy as np
 import pytest
 
-from edgekd.bench.records import paired_diff, throughput_ranges
+from edgekd.bench.records import paired_diff, request_rounds, throughput_ranges
 from edgekd.bench.spec import Measurements
-from edgekd.bench.stats import paired_diff_ci
+from edgekd.bench.stats import bootstrap_ci, paired_diff_ci
 from edgekd.errors import GateFailed, GateInconclusive
 from edgekd.recipe.schema import GatesSpec
 from edgekd.report.compare import MetricChange
 from edgekd.report.gates import (
     MAX_SAMPLES_FACTOR,
     OPTIMUM_BASELINE,
+    RUN_TO_RUN_DRIFT,
     Reading,
     evaluate_gates,
     judge,
@@ -105,18 +106,33 @@ def test_suggested_samples_scale_as_one_over_sqrt_n_and_are_capped():
 
 
 def test_timing_gates_read_the_stored_intervals():
-    limits = {"max_latency_p90_ms": 6.2, "max_latency_p99_ms": 10.0, "min_throughput_texts_per_s": 190.0}
-    gates = {g.name: g for g in evaluate_gates(_pair(), limits)}
-    p90 = gates["max_latency_p90_ms"]
-    assert (p90.verdict, p90.passed, p90.ci95, p90.rule) == ("inconclusive", False, (5.5, 6.5), "interval")
-    assert p90.suggested_samples is not None and 200 < p90.suggested_samples <= MAX_SAMPLES_FACTOR * 200
-    assert gates["max_latency_p99_ms"].verdict == "pass"  # [8.5, 9.5] under 10
+    limits = {"max_latency_p90_ms": 6.7, "max_latency_p99_ms": 10.0, "min_throughput_texts_per_s": 190.0}
+    gates = {g.name: g for g in evaluate_gates(_pair(spread=1.0), limits)}
+    p90 = gates["max_latency_p90_ms"]  # 6.0 in [5, 7]: wider than the drift, across 6.7
+    assert (p90.verdict, p90.passed, p90.ci95, p90.rule) == ("inconclusive", False, (5.0, 7.0), "interval")
+    # 200 * (1.0 / 0.7)^2 * 1.25 = 510 -> 550
+    assert p90.suggested_samples == 550 and "run-to-run drift" in p90.ci95_from
+    assert gates["max_latency_p99_ms"].verdict == "pass"  # [8, 10] within 10
     throughput = gates["min_throughput_texts_per_s"]  # rounds 180..220 at batch 32, across 190
-    assert (throughput.verdict, throughput.ci95, throughput.suggested_samples) == (
-        "inconclusive",
-        (180.0, 220.0),
-        None,  # more batch-1 requests do not narrow a throughput spread
-    )
+    assert throughput.verdict == "inconclusive" and throughput.ci95 == pytest.approx((180.0, 220.0))
+    assert throughput.suggested_samples is None  # more batch-1 requests do not narrow a throughput spread
+
+
+def test_timing_intervals_are_widened_by_the_run_to_run_drift():
+    # p90 6.0 with a narrow interval [5.9, 6.1]: judged on at least +-10%, [5.4, 6.6]
+    variants = _pair(spread=0.1)
+    (close,) = evaluate_gates(variants, {"max_latency_p90_ms": 6.3})
+    assert close.ci95 == pytest.approx((6.0 * (1 - RUN_TO_RUN_DRIFT), 6.0 * (1 + RUN_TO_RUN_DRIFT)))
+    # within the drift: no request count can decide it, so none is suggested
+    assert close.verdict == "inconclusive" and close.suggested_samples is None
+    (clear,) = evaluate_gates(variants, {"max_latency_p90_ms": 6.7})
+    assert clear.verdict == "pass"
+    (slow,) = evaluate_gates(variants, {"max_latency_p90_ms": 5.3})
+    assert slow.verdict == "fail"
+    # accuracy and size are not timing: no widening
+    variants[1]["accuracy_ci95"] = [0.885, 0.895]
+    (accuracy,) = evaluate_gates(variants, {"min_accuracy": 0.88})
+    assert accuracy.ci95 == (0.885, 0.895)
 
 
 def test_the_speedup_interval_is_the_conservative_ratio_of_the_two_p50_intervals():
@@ -172,9 +188,11 @@ def test_beat_optimum_baseline_reads_the_paired_differences():
         )
     }
     p50 = gates["beat_optimum_baseline.p50"]
-    # the baseline's p50 plus the paired interval of the difference, on the scale of the limit
-    assert p50.limit == pytest.approx(4.0) and p50.ci95 == pytest.approx((3.98, 4.03))
-    assert p50.verdict == "inconclusive" and p50.suggested_samples == MAX_SAMPLES_FACTOR * 200
+    # the baseline's p50 plus the paired interval of the difference (3.98, 4.03), widened by the drift: as fast
+    # as the baseline is "not slower"
+    assert p50.limit == pytest.approx(4.0)
+    assert p50.ci95 == pytest.approx((4.001 * (1 - RUN_TO_RUN_DRIFT), 4.001 * (1 + RUN_TO_RUN_DRIFT)))
+    assert (p50.verdict, p50.rule, p50.suggested_samples) == ("pass", "not-worse", None)
     accuracy = gates["beat_optimum_baseline.accuracy"]
     assert (accuracy.verdict, accuracy.rule) == ("pass", "not-worse")  # not shown to be worse
     assert gates["beat_optimum_baseline.size"].rule == "point"
@@ -187,6 +205,13 @@ def test_beat_optimum_baseline_reads_the_paired_differences():
     }
     assert worse["beat_optimum_baseline.p50"].verdict == "pass"  # faster beyond the noise
     assert worse["beat_optimum_baseline.accuracy"].verdict == "fail"  # worse beyond the test set's noise
+    slower = {
+        g.name: g
+        for g in evaluate_gates(
+            _with_baseline(4.6, (0.5, 0.7), (-0.4, 0.3)), GatesSpec(beat_optimum_baseline=True)
+        )
+    }
+    assert slower["beat_optimum_baseline.p50"].verdict == "fail"  # 15% slower: beyond the drift
 
 
 def test_without_paired_differences_the_baseline_p50_combines_both_intervals():
@@ -196,9 +221,11 @@ def test_without_paired_differences_the_baseline_p50_combines_both_intervals():
         _variant("student-int8-onnx", 0.89, 3.9, 6.0, 0.1),
     ]
     gates = {g.name: g for g in evaluate_gates(variants, GatesSpec(beat_optimum_baseline=True))}
-    # limit + [cand lo - base hi, cand hi - base lo] = 4.0 + [3.8 - 4.1, 4.0 - 3.9]
-    assert gates["beat_optimum_baseline.p50"].ci95 == pytest.approx((3.7, 4.1))
-    assert gates["beat_optimum_baseline.p50"].verdict == "inconclusive"
+    # limit + [cand lo - base hi, cand hi - base lo] = 4.0 + [3.8 - 4.1, 4.0 - 3.9] = [3.7, 4.1], within the
+    # drift of the value 3.9: [3.51, 4.29]
+    assert gates["beat_optimum_baseline.p50"].ci95 == pytest.approx((3.51, 4.29))
+    assert "combined (not paired)" in gates["beat_optimum_baseline.p50"].ci95_from
+    assert gates["beat_optimum_baseline.p50"].verdict == "pass"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -258,13 +285,13 @@ def test_exit_code_4_when_inconclusive_and_3_when_anything_failed():
 def test_report_md_and_summary_show_inconclusive_distinctly(tmp_path):
     from edgekd.cli.app import verdict_line
 
-    variants = _pair()
+    variants = _pair(spread=1.0)
     report = Report.model_validate(
-        {"recipe": "r", "variants": variants, "gates": evaluate_gates(variants, {"max_latency_p90_ms": 6.2})}
+        {"recipe": "r", "variants": variants, "gates": evaluate_gates(variants, {"max_latency_p90_ms": 6.7})}
     )
     write_report_md(report, tmp_path / "report.md")
     text = (tmp_path / "report.md").read_text()
-    assert "**Verdict: INCONCLUSIVE**" in text and "_INCONCLUSIVE (try" in text and "[5.5, 6.5]" in text
+    assert "**Verdict: INCONCLUSIVE**" in text and "_INCONCLUSIVE (try" in text and "[5, 7]" in text
     assert "| PASS |" not in text and "**FAIL**" not in text
     line = verdict_line(report)
     assert line.plain.startswith("verdict: INCONCLUSIVE") and line.style not in ("green", "red")
@@ -293,6 +320,32 @@ def test_paired_bootstrap_cancels_what_both_measurements_share():
     assert lo <= diff <= hi and hi - lo < 0.05  # the shared part is gone
     with pytest.raises(ValueError, match="differ in length"):
         paired_diff_ci(a, b[:-1])
+
+
+def test_a_round_the_machine_was_slow_for_widens_the_interval_as_one_draw():
+    # 10 rounds of 20 requests; the machine's speed moves per round by +-10%, the requests within one by 1%
+    rng = np.random.default_rng(1)
+    rounds = np.repeat(np.arange(10), 20)
+    level = rng.uniform(0.9, 1.1, 10)[rounds]
+    samples = level * (1.0 + rng.normal(0.0, 0.01, rounds.size))
+    by_request = bootstrap_ci(samples, np.median)
+    by_round = bootstrap_ci(samples, np.median, clusters=rounds)
+    assert by_round[1] - by_round[0] > 3 * (by_request[1] - by_request[0])
+    # paired: a slow round slows both models alike, so pairing by round still cancels it
+    other = samples + 0.05
+    diff, lo, hi = paired_diff_ci(other, samples, clusters=rounds)
+    assert lo == pytest.approx(0.05) and hi == pytest.approx(0.05) and diff == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="clusters name"):
+        bootstrap_ci(samples, clusters=rounds[:-1])
+
+
+def test_the_report_intervals_resample_the_interleaved_rounds():
+    slow_round = [1.0] * 10 + [2.0] * 10  # two rounds of ten requests, the second one all slow
+    rounds = [0] * 10 + [1] * 10
+    result = Measurements(ready={}, model_ms=slow_round, round_of_request=rounds)
+    assert request_rounds(result) == rounds
+    assert request_rounds(Measurements(ready={}, model_ms=slow_round, round_of_request=[0] * 20)) is None
+    assert request_rounds(Measurements(ready={}, model_ms=slow_round)) is None  # not recorded
 
 
 def test_paired_diff_pairs_requests_and_texts_by_index():

@@ -61,8 +61,9 @@ def core_without_posix_modules(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any
         monkeypatch.setitem(sys.modules, name, None)
     for name in CORE_MODULES:
         package, _, attribute = name.rpartition(".")
-        original = getattr(sys.modules[package], attribute, None)
-        monkeypatch.setattr(sys.modules[package], attribute, original, raising=False)
+        parent = importlib.import_module(package)  # run alone, the test may be the first to need it
+        original = getattr(parent, attribute, None)
+        monkeypatch.setattr(parent, attribute, original, raising=False)
         monkeypatch.delitem(sys.modules, name, raising=False)
     return {name: importlib.import_module(name) for name in CORE_MODULES}
 

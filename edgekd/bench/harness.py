@@ -58,6 +58,7 @@ from edgekd.errors import (
     resource_error,
 )
 from edgekd.recipe.schema import DataSpec, GatesSpec
+from edgekd.report.gates import SCOPE_GATES
 from edgekd.report.markdown import write_report_md
 from edgekd.report.schema import Report, StageTime, StudentBudget
 from edgekd.stages.runner import acquire_or_refuse, write_json
@@ -180,8 +181,7 @@ def check_scope_gates(gates: GatesSpec, out_of_scope: int | None) -> None:
     Raises:
         InputError: Such a gate is set without an out-of-scope label.
     """
-    scope_gates = ("max_in_scope_accuracy_drop_pts", "max_out_of_scope_recall_drop_pts")
-    unscored = [name for name in scope_gates if getattr(gates, name) is not None and out_of_scope is None]
+    unscored = [name for name in SCOPE_GATES if getattr(gates, name) is not None and out_of_scope is None]
     if unscored:
         raise InputError(
             f"the gate {unscored[0]} needs the out-of-scope class",

@@ -138,9 +138,23 @@ def paired_diff(
     )
     latency = None
     if result.model_ms and len(result.model_ms) == len(other.model_ms):
-        d, d_lo, d_hi = paired_diff_ci(result.model_ms, other.model_ms, np.median, n_boot=N_BOOT, seed=0)
+        rounds = request_rounds(result)
+        d, d_lo, d_hi = paired_diff_ci(
+            result.model_ms, other.model_ms, np.median, n_boot=N_BOOT, seed=0, clusters=rounds
+        )
         latency = LatencyDiff(diff=d, ci95=(d_lo, d_hi), n=len(result.model_ms))
     return PairedDiff(accuracy_pts=AccuracyDiff(diff=diff * 100, ci95=(lo * 100, hi * 100)), p50_ms=latency)
+
+
+def request_rounds(result: Measurements) -> list[int] | None:
+    """The interleaved round of each batch-1 request, for a bootstrap that resamples whole rounds: a round
+    the machine was slow for moves all its requests, which a bootstrap over single requests would treat as
+    independent luck and so give too narrow an interval (benchmarks/verdict_stability.py). None with fewer than
+    two rounds."""
+    rounds = result.round_of_request
+    if len(rounds) != len(result.model_ms) or len(set(rounds)) < 2:
+        return None
+    return list(rounds)
 
 
 def variant_record(
@@ -150,9 +164,10 @@ def variant_record(
     onnx = model.format == "onnx"
     n_classes = len(labels)
     gold_arr = np.asarray(gold, dtype=np.int64)
-    # The same seed gives every statistic the same resamples of the requests.
+    # The same seed gives every statistic the same resamples of the rounds.
+    rounds = request_rounds(result)
     p50_ci, p90_ci, p99_ci = (
-        bootstrap_ci(result.model_ms, stat, n_boot=N_BOOT, seed=0)
+        bootstrap_ci(result.model_ms, stat, n_boot=N_BOOT, seed=0, clusters=rounds)
         for stat in (np.median, percentile_stat(90), percentile_stat(99))
     )
     correct = (predicted == gold_arr).astype(np.float64)

@@ -78,14 +78,15 @@ def load_reference(path: Path) -> Reference:
     return reference
 
 
-def settings_from_reference(reference: Reference, given: dict[str, int | None]) -> dict[str, int]:
-    """The benchmark settings of the reference run, for every option the user left unset.
+def settings_from_reference(reference: Reference | None, given: dict[str, int | None]) -> dict[str, int]:
+    """The benchmark settings of the reference run (`HarnessSettings`' defaults without one, or where it has
+    none), for every option the user left unset.
 
     Args:
-        reference: The reference report.
+        reference: The reference report, or None.
         given: Option name (a `HarnessSettings` field) -> the user's value, None when not given.
     """
-    recorded = reference.report.benchmark
+    recorded = reference.report.benchmark if reference is not None else None
     defaults = HarnessSettings()
     settings = {}
     for name, value in given.items():

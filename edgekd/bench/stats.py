@@ -56,6 +56,7 @@ def bootstrap_ci(
     n_boot: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
+    clusters: Sequence[int] | np.ndarray | None = None,
 ) -> tuple[float, float]:
     """Percentile-bootstrap confidence interval of a statistic.
 
@@ -65,6 +66,9 @@ def bootstrap_ci(
         n_boot: Number of resamples.
         seed: Seed of the resampling RNG, so a report is reproducible.
         confidence: Coverage of the interval (0.95 gives the 2.5th..97.5th percentiles of the resampled stat).
+        clusters: Per sample, the group it was measured in (e.g. its benchmark round). Given, whole groups are
+            resampled (a cluster bootstrap), so what moves a whole group (the machine slowing down for a
+            round) widens the interval as it should; resampling single samples would treat it as independent.
 
     Returns:
         (lo, hi).
@@ -74,7 +78,7 @@ def bootstrap_ci(
     """
     values = _as_1d(samples)
     _check_bootstrap_args(n_boot, confidence)
-    boot = _resampled_stats(values, stat, n_boot, seed)
+    boot = _resampled_stats([values], lambda x: stat(x, axis=1), n_boot, seed, clusters)
     return _interval(boot, confidence)
 
 
@@ -109,7 +113,7 @@ def accuracy_diff_ci(
         raise ValueError(f"paired samples differ in length: {a.size} vs {b.size}")
     _check_bootstrap_args(n_boot, confidence)
     per_example = a - b
-    boot = _resampled_stats(per_example, np.mean, n_boot, seed)
+    boot = _resampled_stats([per_example], lambda x: np.mean(x, axis=1), n_boot, seed)
     lo, hi = _interval(boot, confidence)
     return float(per_example.mean()), lo, hi
 
@@ -121,6 +125,7 @@ def paired_diff_ci(
     n_boot: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
+    clusters: Sequence[int] | np.ndarray | None = None,
 ) -> tuple[float, float, float]:
     """Paired bootstrap of stat(a) - stat(b), where a[i] and b[i] were measured on the same item.
 
@@ -134,6 +139,7 @@ def paired_diff_ci(
         n_boot: Number of resamples.
         seed: Seed of the resampling RNG.
         confidence: Coverage of the interval.
+        clusters: Per item, its group (see `bootstrap_ci`): whole groups are resampled.
 
     Returns:
         (stat(a) - stat(b), lo, hi).
@@ -145,17 +151,13 @@ def paired_diff_ci(
     if first.shape != second.shape:
         raise ValueError(f"paired samples differ in length: {first.size} vs {second.size}")
     _check_bootstrap_args(n_boot, confidence)
-    rng = np.random.default_rng(seed)
-    n = first.size
-    block = max(1, _MAX_BLOCK_ELEMENTS // n)
-    boot = np.empty(n_boot, dtype=np.float64)
-    for start in range(0, n_boot, block):
-        rows = min(block, n_boot - start)
-        idx = rng.integers(0, n, size=(rows, n))
-        boot[start : start + rows] = stat(first[idx], axis=1) - stat(second[idx], axis=1)
+
+    def difference(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.asarray(stat(x, axis=1) - stat(y, axis=1))
+
+    boot = _resampled_stats([first, second], difference, n_boot, seed, clusters)
     lo, hi = _interval(boot, confidence)
-    point = float(stat(first[None, :], axis=1)[0] - stat(second[None, :], axis=1)[0])
-    return point, lo, hi
+    return float(difference(first[None, :], second[None, :])[0]), lo, hi
 
 
 def percentile_stat(q: float) -> Callable[..., Any]:
@@ -234,16 +236,39 @@ def _check_bootstrap_args(n_boot: int, confidence: float) -> None:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
 
 
-def _resampled_stats(values: np.ndarray, stat: Callable[..., Any], n_boot: int, seed: int) -> np.ndarray:
+def _resampled_stats(
+    arrays: Sequence[np.ndarray],
+    stat: Callable[..., np.ndarray],
+    n_boot: int,
+    seed: int,
+    clusters: Sequence[int] | np.ndarray | None = None,
+) -> np.ndarray:
+    """`stat(*(a[idx] for a in arrays))` over `n_boot` resamples `idx` (rows of index arrays), the same indices
+    for every array so that paired values stay paired; whole clusters are drawn where `clusters` is given."""
     rng = np.random.default_rng(seed)
-    n = values.size
-    block = max(1, _MAX_BLOCK_ELEMENTS // n)
+    n = arrays[0].size
     out = np.empty(n_boot, dtype=np.float64)
+    if clusters is not None:
+        members = _cluster_members(clusters, n)
+        for i in range(n_boot):
+            # Resampled clusters differ in size, so each resample is its own row.
+            idx = np.concatenate([members[c] for c in rng.integers(0, len(members), size=len(members))])
+            out[i] = stat(*(a[idx][None, :] for a in arrays))[0]
+        return out
+    block = max(1, _MAX_BLOCK_ELEMENTS // n)
     for start in range(0, n_boot, block):
         rows = min(block, n_boot - start)
         idx = rng.integers(0, n, size=(rows, n))
-        out[start : start + rows] = stat(values[idx], axis=1)
+        out[start : start + rows] = stat(*(a[idx] for a in arrays))
     return out
+
+
+def _cluster_members(clusters: Sequence[int] | np.ndarray, n: int) -> list[np.ndarray]:
+    """The sample indices of each cluster, in the order the clusters first appear."""
+    ids = np.asarray(clusters)
+    if ids.shape != (n,):
+        raise ValueError(f"clusters name {ids.size} samples, not {n}")
+    return [np.flatnonzero(ids == c) for c in dict.fromkeys(ids.tolist())]
 
 
 def _interval(boot: np.ndarray, confidence: float) -> tuple[float, float]:

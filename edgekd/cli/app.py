@@ -283,7 +283,7 @@ def benchmark(
         "seed": seed,
         "max_length": max_length if max_length is not None else manifest_max_length(model_dirs[-1]),
     }
-    values = settings_from_reference(ref, given) if ref is not None else default_settings(given)
+    values = settings_from_reference(ref, given)
     oos = out_of_scope_label or (ref.report.benchmark.out_of_scope_label if ref is not None else None)
     settings = HarnessSettings(
         threads=values["threads"],
@@ -323,14 +323,6 @@ def manifest_max_length(folder: Path) -> int | None:
     if not manifest or manifest.get("max_length") is None:
         return None
     return read_max_length(folder, manifest, None)
-
-
-def default_settings(given: Mapping[str, int | None]) -> dict[str, int]:
-    """The user's values, HarnessSettings' defaults for the rest (128 tokens where no folder says)."""
-    from edgekd.bench.spec import HarnessSettings
-
-    defaults = HarnessSettings()
-    return {name: value if value is not None else getattr(defaults, name) for name, value in given.items()}
 
 
 @contextmanager

@@ -30,7 +30,7 @@ from edgekd.report.charts import (
     training_charts,
 )
 from edgekd.report.gates import GATE_COLUMNS, gate_cells, verdict_summary
-from edgekd.report.markdown import GATES_NOTE, READING_NOTES, machine_lines, reference_report_line
+from edgekd.report.markdown import GATES_NOTE, READING_NOTES, reference_report_line, setup_items
 from edgekd.report.schema import Gate, Report, Variant, as_report
 
 __all__ = ["nice_ticks", "pareto_front", "read_training_logs", "render_report_html", "write_report_html"]
@@ -256,42 +256,7 @@ def _gates_table(gates: Sequence[Gate]) -> str:
 
 
 def _setup_html(report: Report) -> str:
-    env = report.environment
-    cpu = env.cpu
-    bench = report.benchmark
-    threads = env.threads
-    versions = ", ".join(f"{k} {v}" for k, v in env.versions.items() if v)
-    flags = ", ".join(k for k, v in cpu.flags.items() if v) or "none of note"
-    others = env.other_processes_cores
-    load, load_after = env.load_average, env.load_average_after
-    items = [
-        f"CPU: {_or(cpu.model, '?')}; {_or(cpu.logical_cores, '?')} logical cores, "
-        f"{_or(cpu.usable_cores, '?')} usable; flags: {flags}",
-        *machine_lines(env),
-        f"Libraries: {versions or '?'}",
-        f"Python {_or(env.python, '?')} on {_or(env.platform, '?')}",
-        f"Load average (1/5/15 min) before: {', '.join(map(str, load)) if load else '?'}; "
-        f"after: {', '.join(map(str, load_after)) if load_after else '?'}",
-        f"Cores used by other processes: {_or(others.at_start if others else None, '?')} in the second before "
-        f"the benchmark, {_or(others.during if others else None, '?')} on average during it",
-    ]
-    if threads:
-        items.append(
-            f"Threads: {threads.latency_threads} for latency, "
-            f"{threads.accuracy_threads or threads.latency_threads} for accuracy, "
-            f"{threads.throughput_threads} for throughput; inter-op {threads.inter_op_threads}; "
-            "ONNX Runtime spin-waiting off; worker environment "
-            + ", ".join(f"{k}={v}" for k, v in threads.worker_env.items())
-        )
-    if bench.model_fields_set or bench.model_extra:
-        items += [
-            f"Threads per model: {bench.threads} (intra-op; inter-op 1; a process per variant)",
-            f"Latency: batch 1, {bench.latency_samples} test texts drawn with seed {bench.seed}, after "
-            f"{bench.warmup} warm-up requests, in {bench.interleaved_rounds or 1} interleaved round(s) of "
-            f"{_or(bench.round_size, '?')} requests (every model serves each round in turn, order rotated per round)",
-            f"Accuracy: all {bench.test_texts} test texts, batch {bench.batch_size}, max_length {bench.max_length}",
-        ]
-    return "<ul>" + "".join(f"<li>{_esc(item)}</li>" for item in items) + "</ul>"
+    return "<ul>" + "".join(f"<li>{_esc(item)}</li>" for item in setup_items(report)) + "</ul>"
 
 
 def _out_of_scope_html(report: Report) -> list[str]:

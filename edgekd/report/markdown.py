@@ -88,6 +88,11 @@ def reference_report_line(report: Report) -> str | None:
 
 
 def _setup_section(report: Report) -> str:
+    return "\n".join(["## Setup", "", *(f"- {item}" for item in setup_items(report))])
+
+
+def setup_items(report: Report) -> list[str]:
+    """The machine and the measuring setup, one item per line (report.md and report.html list the same)."""
     env = report.environment
     cpu = env.cpu
     flags = [name for name, present in cpu.flags.items() if present]
@@ -96,42 +101,40 @@ def _setup_section(report: Report) -> str:
     load = env.load_average
     load_after = env.load_average_after
     threads = env.threads
-    lines = [
-        "## Setup",
-        "",
-        f"- CPU: {_or(cpu.model)}; {_or(cpu.logical_cores)} logical cores, "
+    items = [
+        f"CPU: {_or(cpu.model)}; {_or(cpu.logical_cores)} logical cores, "
         f"{_or(cpu.usable_cores)} usable; flags: {', '.join(flags) or 'none of note'}",
-        *(f"- {line}" for line in machine_lines(env)),
-        f"- Libraries: {libs or '?'}",
-        f"- Python {_or(env.python)} on {_or(env.platform)}",
-        f"- Load average (1/5/15 min) before: {', '.join(map(str, load)) if load else '?'}; "
+        *machine_lines(env),
+        f"Libraries: {libs or '?'}",
+        f"Python {_or(env.python)} on {_or(env.platform)}",
+        f"Load average (1/5/15 min) before: {', '.join(map(str, load)) if load else '?'}; "
         f"after: {', '.join(map(str, load_after)) if load_after else '?'}",
     ]
     others = env.other_processes_cores
     if others:
-        lines.append(
-            f"- Cores used by other processes: {_or(others.at_start)} in the second before the benchmark, "
+        items.append(
+            f"Cores used by other processes: {_or(others.at_start)} in the second before the benchmark, "
             f"{_or(others.during)} on average during it"
         )
     if threads:
-        lines.append(
-            f"- Threads: {threads.latency_threads} for latency, "
+        items.append(
+            f"Threads: {threads.latency_threads} for latency, "
             f"{threads.accuracy_threads or threads.latency_threads} for accuracy, "
             f"{threads.throughput_threads} for throughput; inter-op {threads.inter_op_threads}; "
             "ONNX Runtime spin-waiting off; worker environment "
             + ", ".join(f"{k}={v}" for k, v in threads.worker_env.items())
         )
     if bench.model_fields_set or bench.model_extra:
-        lines += [
-            f"- **Threads per model: {bench.threads}** (intra-op; inter-op 1; a process per variant)",
-            f"- Latency: batch 1, {bench.latency_samples} test texts drawn with seed "
+        items += [
+            f"Threads per model: {bench.threads} (intra-op; inter-op 1; a process per variant)",
+            f"Latency: batch 1, {bench.latency_samples} test texts drawn with seed "
             f"{bench.seed}, after {bench.warmup} warm-up requests, in "
             f"{bench.interleaved_rounds or 1} interleaved round(s) of {_or(bench.round_size)} "
             "requests (every model serves each round in turn, order rotated per round)",
-            f"- Accuracy: all {bench.test_texts} test texts, batch {bench.batch_size}, "
+            f"Accuracy: all {bench.test_texts} test texts, batch {bench.batch_size}, "
             f"max_length {bench.max_length}",
         ]
-    return "\n".join(lines)
+    return items
 
 
 def machine_lines(env: Environment) -> list[str]:
