@@ -282,6 +282,21 @@ def test_exit_code_4_when_inconclusive_and_3_when_anything_failed():
     raise_on_failed_gates(_report("pass"))  # exit 0
 
 
+def test_an_inconclusive_gate_within_the_drift_asks_for_room_not_for_requests():
+    from edgekd.cli.app import raise_on_failed_gates
+
+    variants = _pair(spread=0.1)
+    report = Report.model_validate(
+        {"recipe": "r", "variants": variants, "gates": evaluate_gates(variants, {"max_latency_p90_ms": 6.3})}
+    )
+    with pytest.raises(GateInconclusive) as unsure:
+        raise_on_failed_gates(report)
+    assert "more requests cannot decide it" in str(unsure.value.hint) and "--samples" not in str(
+        unsure.value.hint
+    )
+    assert "which more requests cannot decide" in verdict_summary(report)[1]
+
+
 def test_report_md_and_summary_show_inconclusive_distinctly(tmp_path):
     from edgekd.cli.app import verdict_line
 

@@ -90,7 +90,7 @@ def raise_on_failed_gates(report: Report, rerun_with: str = "--samples {n}") -> 
         rerun_with: The option that sets the batch-1 requests per model, `{n}` standing for the count (the
             recipe's `benchmark.latency_samples` for compress, `--samples` for benchmark).
     """
-    from edgekd.report.gates import rerun_samples
+    from edgekd.report.gates import RUN_TO_RUN_DRIFT, rerun_samples
 
     if report.failed_gates:
         raise GateFailed(
@@ -100,12 +100,20 @@ def raise_on_failed_gates(report: Report, rerun_with: str = "--samples {n}") -> 
     if report.inconclusive_gates:
         samples = rerun_samples(report.gates)
         current = report.benchmark.latency_samples
-        rerun = f"measure again with {rerun_with.format(n=samples)}" if samples else "measure again"
-        raise GateInconclusive(
+        message = (
             f"sign-off gate(s) inconclusive, none failed: {', '.join(report.inconclusive_gates)} "
-            "(the 95% interval straddles the limit)",
-            hint=f"{rerun} (now {current if current is not None else '?'} requests per model), "
-            "on an otherwise idle machine",
+            "(the 95% interval straddles the limit)"
+        )
+        if not samples:
+            raise GateInconclusive(
+                message,
+                hint=f"the value is within {RUN_TO_RUN_DRIFT:.0%} of the limit, closer than two runs on one "
+                "machine agree: more requests cannot decide it; give the model or the limit more room",
+            )
+        raise GateInconclusive(
+            message,
+            hint=f"measure again with {rerun_with.format(n=samples)} (now "
+            f"{current if current is not None else '?'} requests per model), on an otherwise idle machine",
         )
 
 

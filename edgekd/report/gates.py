@@ -538,7 +538,11 @@ def verdict_summary(report: Report) -> tuple[str, str]:
         return "FAIL", f"{len(failed)} of {len(gates)} gates failed ({', '.join(failed)}){also}"
     if unsure:
         samples = rerun_samples(gates)
-        rerun = f"; measure again with {samples} batch-1 requests per model" if samples else "; measure again"
+        rerun = (
+            f"; measure again with {samples} batch-1 requests per model"
+            if samples
+            else f"; within {RUN_TO_RUN_DRIFT:.0%} of the limit, which more requests cannot decide"
+        )
         return "INCONCLUSIVE", (
             f"{len(unsure)} of {len(gates)} gates within measurement noise of their limit "
             f"({', '.join(unsure)}), none failed{rerun}"
