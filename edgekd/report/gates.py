@@ -103,14 +103,18 @@ class Reading:
     drift: float = 0.0
 
     @property
+    def drift_band(self) -> Interval:
+        """The value plus and minus `drift` of it (the value alone when there is no drift)."""
+        spread = self.drift * abs(self.value)
+        return self.value - spread, self.value + spread
+
+    @property
     def judged_ci95(self) -> Interval | None:
         """The interval the verdict reads: `ci95`, holding the value itself and, for timing, widened by `drift`."""
         if self.ci95 is None:
             return None
-        lo, hi = min(self.ci95[0], self.value), max(self.ci95[1], self.value)
-        if self.drift:
-            lo, hi = min(lo, self.value * (1 - self.drift)), max(hi, self.value * (1 + self.drift))
-        return lo, hi
+        band_lo, band_hi = self.drift_band
+        return min(self.ci95[0], band_lo), max(self.ci95[1], band_hi)
 
     @property
     def judged_from(self) -> str | None:
@@ -414,7 +418,8 @@ def suggested_samples(limit: float, reading: Reading) -> int | None:
     if not n or reading.ci95 is None:
         return None
     value = reading.value
-    if reading.drift and abs(limit - value) <= reading.drift * abs(value):
+    band_lo, band_hi = reading.drift_band
+    if reading.drift and band_lo <= limit <= band_hi:
         return None
     lo, hi = min(reading.ci95[0], value), max(reading.ci95[1], value)
     extent = hi - value if limit >= value else value - lo
