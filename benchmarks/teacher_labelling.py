@@ -46,6 +46,13 @@ AG_NEWS_CLASSES = 4
 WARMUP_TEXTS = 64
 
 
+def display_path(path: Path) -> str:
+    """`path` relative to the repository when it lies inside it (the results file does not name the checkout),
+    else as given: a teacher folder elsewhere (a worktree run reads the main checkout's models/) is fine."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -206,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "measured_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "teacher": "tiny random BERT" if args.tiny else str(args.teacher.relative_to(REPO)),
+        "teacher": "tiny random BERT" if args.tiny else display_path(args.teacher),
         "head": "random (seeded): agreement shows the backends compute the same function, not labelling quality",
         "data": str(data),
         "texts": len(texts),
