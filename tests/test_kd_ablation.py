@@ -3,12 +3,14 @@ validation, merged into one results file; the recipe's own variant is read from 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgekd.pipeline import compress
@@ -58,6 +60,12 @@ def test_variants_reuse_the_teacher_and_merge_into_one_file(tmp_path: Path) -> N
     assert not (run_dir / "ablation" / "recipe").exists()
     assert (run_dir / "ablation" / "hard-labels" / "distill" / "model" / "config.json").is_file()
     assert 0 <= hard["validation_accuracy"] <= 1 and 0 <= entry["teacher"]["validation_accuracy"] <= 1
+    assert "vs_run_student" not in recipe_row, "the run's own student is what the others are compared with"
+    versus = hard["vs_run_student"]
+    assert versus["distill_key"] == main_key
+    lo, hi = versus["ci95_pts"]
+    assert lo <= versus["diff_pts"] <= hi
+    assert versus["resolved"] == (lo > 0 or hi < 0)
     assert hard["train_seconds"] > 0 and result["split"] == "validation"
     assert sorted(p.name for p in (run_dir / "teacher").iterdir()) == teacher_files  # no teacher trained
 
@@ -66,3 +74,28 @@ def test_variants_reuse_the_teacher_and_merge_into_one_file(tmp_path: Path) -> N
     assert "distill cached" in again.stdout
     rows = json.loads(out.read_text())["recipes"]["smoke"]["rows"]
     assert [r["name"] for r in rows] == ["recipe", "hard-labels"], "rows are replaced by name, not repeated"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("kd_ablation", REPO / "benchmarks" / "kd_ablation.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_difference_the_validation_split_cannot_see_is_not_resolved() -> None:
+    versus = load_script().against_run_student
+    gold = [0] * 1000
+    baseline = np.zeros(1000, dtype=int)
+    baseline[:80] = 1  # the run's student: 92.0%
+    four_more = baseline.copy()
+    four_more[:22] = 0  # right on 22 rows the run's student gets wrong ...
+    four_more[100:118] = 1  # ... wrong on 18 it gets right: 4 rows more, as alpha 0.1 on AG News validation
+    close = versus(four_more, baseline, gold, "k")
+    assert close["diff_pts"] == 0.4 and not close["resolved"]
+    many_more = baseline.copy()
+    many_more[:58] = 0
+    many_more[100:118] = 1
+    clear = versus(many_more, baseline, gold, "k")
+    assert clear["diff_pts"] == 4.0 and clear["resolved"] and clear["ci95_pts"][0] > 0
