@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from repo_scripts import load_script
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("check_layout", REPO / "scripts" / "check_layout.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-layout = load_script()
+layout = load_script("scripts/check_layout.py")
 
 
 def fake_package(root: Path, modules: int, lines: int = 10, subpackages: int = 0) -> Path:

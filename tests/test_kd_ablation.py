@@ -3,7 +3,6 @@ validation, merged into one results file; the recipe's own variant is read from 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from repo_scripts import load_script
 
 from edgekd.pipeline import compress
 
@@ -76,16 +76,8 @@ def test_variants_reuse_the_teacher_and_merge_into_one_file(tmp_path: Path) -> N
     assert [r["name"] for r in rows] == ["recipe", "hard-labels"], "rows are replaced by name, not repeated"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("kd_ablation", REPO / "benchmarks" / "kd_ablation.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_difference_the_validation_split_cannot_see_is_not_resolved() -> None:
-    versus = load_script().against_run_student
+    versus = load_script("benchmarks/kd_ablation.py").against_run_student
     gold = [0] * 1000
     baseline = np.zeros(1000, dtype=int)
     baseline[:80] = 1  # the run's student: 92.0%

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+
+from repo_scripts import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("readme_table", REPO / "scripts" / "readme_table.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_readme_table_matches_the_committed_reports() -> None:
-    script = load_script()
+    script = load_script("scripts/readme_table.py")
     readme = (REPO / "README.md").read_text()
     assert script.updated_readme(readme, script.render_table(script.report_paths())) == readme
 
 
 def test_render_table_from_a_report(tmp_path: Path) -> None:
-    script = load_script()
+    script = load_script("scripts/readme_table.py")
     variant = {"name": "teacher", "format": "pytorch", "accuracy": 0.9, "size_bytes": 4_000_000}
     report = {
         "variants": [
@@ -39,7 +32,7 @@ def test_render_table_from_a_report(tmp_path: Path) -> None:
 
 
 def test_runs_with_an_out_of_scope_class_get_their_own_table(tmp_path: Path) -> None:
-    script = load_script()
+    script = load_script("scripts/readme_table.py")
     variant = {"name": "teacher", "format": "pytorch", "accuracy": 0.9, "size_bytes": 4_000_000}
     scored = {"in_scope_accuracy": 0.95, "out_of_scope_recall": 0.5, "latency_ms": {"p50": 10.0, "p90": 12.0}}
     (tmp_path / "plain").mkdir()

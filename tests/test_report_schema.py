@@ -3,13 +3,13 @@ nothing, and the committed JSON Schema is the one `Report` generates."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from repo_scripts import load_script
 
 from edgekd.report.schema import SCHEMA_VERSION, Report, Variant, undeclared_keys
 
@@ -98,10 +98,7 @@ def test_a_variant_needs_a_name() -> None:
 
 
 def test_the_committed_json_schema_is_current() -> None:
-    spec = importlib.util.spec_from_file_location("report_schema", REPO / "scripts" / "report_schema.py")
-    assert spec and spec.loader
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("scripts/report_schema.py")
     assert script.SCHEMA_FILE.read_text(encoding="utf-8") == script.render(), (
         "docs/report.schema.json is stale: run python scripts/report_schema.py"
     )
