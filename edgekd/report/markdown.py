@@ -241,7 +241,8 @@ def _variants_section(report: Report) -> str:
 GATES_NOTE = (
     "A verdict is INCONCLUSIVE when the value's 95% interval straddles the limit: the same files could "
     "pass or fail on another run; measure again with the suggested batch-1 requests per model. Timing "
-    f"intervals reach at least {RUN_TO_RUN_DRIFT:.0%} either side of the value (run-to-run drift): a timing value that close to "
+    f"intervals reach at least {RUN_TO_RUN_DRIFT:.0%} either side of the value (run-to-run drift): "
+    "a timing value that close to "
     "its limit stays inconclusive at any count. Accuracy and size against a fixed limit are judged on the "
     "value (a fixed test set gives the same value on every run); their interval, where shown, is for "
     "information."
