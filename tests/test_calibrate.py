@@ -74,6 +74,24 @@ def test_the_accuracy_sweep_agrees_with_trying_every_offset():
     assert best == tried[int(np.argmax(right))]
 
 
+def test_the_agreement_rule_finds_the_offset_that_agrees_most_with_the_teacher():
+    rng = np.random.default_rng(4)
+    gold = rng.integers(0, 3, size=300)
+    teacher = np.eye(3)[gold] * 4.0 + rng.normal(size=(300, 3))
+    student = teacher + rng.normal(0.0, 1.5, size=(300, 3))
+    student[:, OOS] -= 2.0  # a student that flags too few texts
+    offset = choose_offset(student, teacher, gold, OOS, "teacher_agreement")
+    answers = teacher.argmax(axis=1)
+
+    def agreement(b: float) -> float:
+        return float((shifted(student, OOS, b).argmax(axis=1) == answers).mean())
+
+    assert offset > 0
+    assert all(agreement(offset) >= agreement(other) for other in np.linspace(-4, 6, 101))
+    # the labels play no part: only the teacher's answers do
+    assert choose_offset(student, teacher, rng.permutation(gold), OOS, "teacher_agreement") == offset
+
+
 def test_the_accuracy_rule_finds_the_best_offset():
     rng = np.random.default_rng(2)
     gold = rng.integers(0, 3, size=200)

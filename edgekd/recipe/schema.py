@@ -371,9 +371,11 @@ class CalibrateSpec(Strict):
     """Fold an out-of-scope logit offset, chosen on validation, into the student's classifier (a stage after
     distill; needs benchmark.out_of_scope_label). See edgekd/stages/calibrate.py."""
 
-    out_of_scope: Literal["off", "teacher_recall", "accuracy"] = "off"
-    """teacher_recall: flag the validation's out-of-scope texts as often as the teacher does; accuracy: the
-    offset with the best validation accuracy; off: no calibrate stage (the chain and its keys as without it)."""
+    out_of_scope: Literal["off", "teacher_recall", "teacher_agreement", "accuracy"] = "off"
+    """teacher_recall: flag the validation's out-of-scope texts as often as the teacher does; teacher_agreement:
+    the offset at which the student's answers agree with the teacher's on the most validation texts; accuracy:
+    the offset with the best validation accuracy; off: no calibrate stage (the chain and its keys as without
+    it)."""
 
 
 class QuantizeSpec(Strict):

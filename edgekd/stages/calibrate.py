@@ -15,6 +15,12 @@ threshold to configure. How `b` is chosen (`calibrate.out_of_scope`):
   does, i.e. the student is calibrated to its teacher rather than to the validation labels: the
   validation split of CLINC150 holds 100 out-of-scope texts of 3,100 (the test split 1,000 of 5,500), so an
   offset that maximises validation accuracy weighs the class at a third of its test share;
+* `teacher_agreement`: `b` at which the student's answers agree with its teacher's on the most validation
+  texts. Label-free like `teacher_recall`, but it weighs all 3,100 answers, not only the 100 out-of-scope
+  ones: on the committed clinc150 run, matching the teacher's recall took an offset (+3.9) at which the student
+  flagged 4.1% of validation texts where its teacher flagged 2.7%, the extra flags being in-scope texts
+  (in-scope accuracy 0.9613 -> 0.9543); the agreement rule stops where the extra flags start to cost more
+  agreement than they add (+1.06: in-scope 0.9600, recall 0.76, 2.9% flagged, 96.13% agreement against 95.55%).
 * `accuracy`: `b` that maximises validation accuracy.
 
 A text is predicted out of scope iff `b >= margin`, its margin being the best in-scope logit minus the
@@ -162,6 +168,8 @@ def choose_offset(student: np.ndarray, teacher: np.ndarray, gold: np.ndarray, oo
         return offset_for_recall(
             margin[gold == oos], scores(teacher.argmax(axis=1), gold, oos).out_of_scope_recall
         )
+    if rule == "teacher_agreement":  # accuracy against the teacher's answers is agreement with it
+        return offset_for_accuracy(student, teacher.argmax(axis=1), oos, margin)
     if rule == "accuracy":
         return offset_for_accuracy(student, gold, oos, margin)
     raise ValueError(f"unknown calibration rule {rule!r}")
@@ -181,7 +189,8 @@ def offset_for_recall(oos_margins: np.ndarray, recall: float) -> float:
 
 
 def offset_for_accuracy(logits: np.ndarray, gold: np.ndarray, oos: int, margin: np.ndarray) -> float:
-    """The offset with the best validation accuracy (the one closest to 0 among ties).
+    """The offset with the best accuracy against `gold` (the one closest to 0 among ties): the validation labels,
+    or the teacher's answers for `teacher_agreement`.
 
     One sweep over the sorted margins: at offset `b` the texts with margin <= b are flagged (right iff out of
     scope), the others keep their best in-scope class (right iff that is their label), so each candidate's count
