@@ -315,16 +315,20 @@ def student_tokenizer_type(recipe: Recipe) -> str | None:
 
 def label_problems(recipe: Recipe, labels: list[str]) -> list[str]:
     """Recipe fields that name one of the dataset's classes."""
-    oos = recipe.benchmark.out_of_scope_label
-    if oos is None or oos in labels:
-        return []
-    close = difflib.get_close_matches(oos, labels, n=1, cutoff=0.6)
+    named: list[tuple[str, str]] = []
+    if recipe.benchmark.out_of_scope_label is not None:
+        named.append(("benchmark.out_of_scope_label", recipe.benchmark.out_of_scope_label))
+    augment = recipe.distill.augment
+    for name in (augment.class_factors or {}) if augment is not None else {}:
+        named.append(("distill.augment.class_factors", name))
+    return [unknown_class(field, name, labels) for field, name in named if name not in labels]
+
+
+def unknown_class(field: str, name: str, labels: list[str]) -> str:
+    close = difflib.get_close_matches(name, labels, n=1, cutoff=0.6)
     shown = ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else "")
     suggestion = f"did you mean '{close[0]}'?" if close else f"the classes are: {shown}"
-    return [
-        f"benchmark.out_of_scope_label: {oos!r} is not one of the dataset's {len(labels)} classes; "
-        f"{suggestion} (or remove it)"
-    ]
+    return f"{field}: {name!r} is not one of the dataset's {len(labels)} classes; {suggestion} (or remove it)"
 
 
 def check_teacher_classes(recipe: Recipe, labels: list[str]) -> None:

@@ -112,6 +112,31 @@ def test_factor_new_rows_per_row_with_the_methods_taking_turns() -> None:
     assert short.texts == ["[MASK]"] and short.counts() == {"mask": 1, "delete": 0}
 
 
+def test_per_row_factors_add_variants_without_changing_the_other_rows() -> None:
+    long_texts = [" ".join(f"w{i}x{j}" for j in range(12)) for i in range(6)]
+    uniform = augment_texts(long_texts, ["mask", "delete"], 1, 0, "[MASK]")
+    boosted = augment_texts(long_texts, ["mask", "delete"], [1, 1, 4, 1, 0, 1], 0, "[MASK]")
+    assert len(boosted.texts) == 1 + 1 + 4 + 1 + 0 + 1
+    # rows at the shared factor keep their variant; row 2's first variant is its factor-1 variant too
+    assert set(uniform.texts) - {uniform.texts[4]} <= set(boosted.texts)
+    with pytest.raises(ValueError, match="2 factors for 6 texts"):
+        augment_texts(long_texts, ["mask"], [1, 2], 0, "[MASK]")
+
+
+def test_class_factors_give_a_named_class_its_own_factor() -> None:
+    from edgekd.data import load_splits
+    from edgekd.stages.distill.stage import row_factors
+
+    recipe = load_recipe(SMOKE, ["distill.augment={factor: 1, class_factors: {sports: 5}}"])
+    splits = load_splits(recipe.data, recipe.seed)
+    assert recipe.distill.augment is not None
+    factors = row_factors(recipe.distill.augment, splits)
+    assert isinstance(factors, list) and len(factors) == len(splits.texts("train"))
+    sports = splits.labels.index("sports")
+    assert {f for f, y in zip(factors, splits.label_ids("train"), strict=True) if y == sports} == {5}
+    assert {f for f, y in zip(factors, splits.label_ids("train"), strict=True) if y != sports} == {1}
+
+
 def test_neighbours_replace_words_with_table_entries_keeping_case_and_punctuation() -> None:
     made = augment_texts(["Rain, then more rain today"], ["neighbours"], 6, 0, "[MASK]", TABLE)
     assert made.texts
@@ -169,7 +194,11 @@ def test_distill_key_is_unchanged_without_augment_and_changes_with_it(name: str)
     params = DistillStage().params(augmented)["distill"]
     assert params["augment"] == {"factor": 2, "methods": list(METHODS), "seed": None}
     other = load_recipe(REPO / "recipes" / name, [*earlier(name), "distill.augment={factor: 3}"])
-    assert len({stable_hash(DistillStage().params(r)) for r in (recipe, augmented, other)}) == 3
+    by_class = load_recipe(
+        REPO / "recipes" / name, [*earlier(name), "distill.augment={factor: 2, class_factors: {x: 4}}"]
+    )
+    assert DistillStage().params(by_class)["distill"]["augment"]["class_factors"] == {"x": 4}
+    assert len({stable_hash(DistillStage().params(r)) for r in (recipe, augmented, other, by_class)}) == 4
 
 
 def test_augment_recipe_errors_name_the_field() -> None:

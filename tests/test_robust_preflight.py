@@ -68,6 +68,16 @@ def test_an_unknown_out_of_scope_label_is_refused_before_any_stage(tmp_path: Pat
     assert not run_dir.exists()
 
 
+def test_an_unknown_class_in_class_factors_is_refused_before_any_stage(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with pytest.raises(RecipeError) as err:
+        compress(SMOKE, overrides=["distill.augment={class_factors: {wether: 3}}"], output_dir=run_dir)
+    [problem] = err.value.problems
+    assert problem.startswith("distill.augment.class_factors: 'wether' is not one of the dataset's 4 classes")
+    assert "did you mean 'weather'?" in problem
+    assert not run_dir.exists()
+
+
 def test_a_known_out_of_scope_label_passes() -> None:
     recipe, _ = preflight(SMOKE, ["benchmark.out_of_scope_label=weather"])
     assert recipe.benchmark.out_of_scope_label == "weather"

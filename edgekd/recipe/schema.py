@@ -313,6 +313,9 @@ class AugmentSpec(Strict):
 
     factor: Integer = Field(1, ge=1, le=100)
     """New rows per original row (an upper bound: duplicates are dropped)."""
+    class_factors: dict[str, Annotated[Integer, Field(ge=0, le=100)]] | None = None
+    """Per class name, new rows per original row of that class instead of `factor` (e.g. {oos: 10}: a class the
+    student learns worst, with few train rows, gets more teacher-labelled variants)."""
     methods: list[AugmentMethod] = Field(default_factory=lambda: list(AUGMENT_METHODS), min_length=1)
     """Taking turns row after row: word masking, deletion / n-gram sampling, nearest-neighbour replacement."""
     seed: Integer | None = Field(None, ge=0, lt=SEED_LIMIT)

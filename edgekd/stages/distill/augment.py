@@ -60,7 +60,7 @@ def normalised(text: str) -> str:
 def augment_texts(
     texts: Sequence[str],
     methods: Sequence[str],
-    factor: int,
+    factor: int | Sequence[int],
     seed: int,
     mask_token: str,
     neighbours: Neighbours | None = None,
@@ -70,7 +70,8 @@ def augment_texts(
     Args:
         texts: The original (training) texts.
         methods: Names from METHODS, used in this order, row after row.
-        factor: New rows per original row (fewer where a method cannot make a new text).
+        factor: New rows per original row (fewer where a method cannot make a new text), or one such count per
+            row (`class_factors`). A row's j-th variant is the same whatever the other rows' counts.
         seed: Same seed and texts, same output.
         mask_token: What `mask` writes in place of a word (the teacher tokenizer's mask token).
         neighbours: Word -> its nearest words, for `neighbours` (see `embedding_neighbours`).
@@ -78,12 +79,15 @@ def augment_texts(
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"augmentation methods must be among {METHODS}, got {list(methods)}")
+    factors = [factor] * len(texts) if isinstance(factor, int) else list(factor)
+    if len(factors) != len(texts):
+        raise ValueError(f"{len(factors)} factors for {len(texts)} texts")
     seen = {normalised(t) for t in texts}
     out = AugmentedSet(asked=list(methods))
-    for i, text in enumerate(texts):
+    for i, (text, row_factor) in enumerate(zip(texts, factors, strict=True)):
         words = text.split()
-        for j in range(factor):
-            method = methods[(i * factor + j) % len(methods)]
+        for j in range(row_factor):
+            method = methods[(i * row_factor + j) % len(methods)]
             rng = random.Random(f"{seed}:{i}:{j}")
             new = first_new_variant(method, words, rng, seen, mask_token, neighbours or {})
             if new is not None:

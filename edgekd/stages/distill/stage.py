@@ -35,7 +35,7 @@ from edgekd.models import (
     load_tokenizer,
     resolve_tokenizer,
 )
-from edgekd.recipe.schema import DistillSpec, Recipe
+from edgekd.recipe.schema import AugmentSpec, DistillSpec, Recipe
 from edgekd.stages.base import StageBase, StageContext, StageResult
 from edgekd.stages.distill.augment import AugmentedSet, augment_texts, embedding_neighbours
 from edgekd.stages.distill.intermediate import (
@@ -105,7 +105,7 @@ class DistillStage(StageBase):
         unlabeled = load_unlabeled_texts(spec.unlabeled, recipe.seed)
         precision = choose_precision(spec.precision)
         augment_started = time.perf_counter()
-        augmented = augmented_transfer_set(spec, splits.texts("train"), teacher_dir, ctx)
+        augmented = augmented_transfer_set(spec, splits, teacher_dir, ctx)
         augment_seconds = time.perf_counter() - augment_started
         labeller = labeller_for(
             recipe, teacher_dir, ctx.run_dir / "cache", splits.texts("validation"), ctx.log
@@ -270,13 +270,16 @@ def plan_for_models(recipe: Recipe, teacher_dir: Path, student: Any) -> Intermed
 # Teacher outputs
 
 
-def distill_fields_left_out(spec: DistillSpec) -> set[str]:
-    """DistillSpec fields kept out of the stage key while at their default (added after runs were cached)."""
-    left_out: set[str] = set()
+def distill_fields_left_out(spec: DistillSpec) -> dict[str, Any]:
+    """DistillSpec fields kept out of the stage key while at their default (added after runs were cached), in
+    pydantic's `exclude` form."""
+    left_out: dict[str, Any] = {}
     if spec.augment is None:
-        left_out.add("augment")
+        left_out["augment"] = True
+    elif spec.augment.class_factors is None:
+        left_out["augment"] = {"class_factors": True}
     if spec.labelling == "auto":
-        left_out.add("labelling")
+        left_out["labelling"] = True
     return left_out
 
 
@@ -348,12 +351,13 @@ def load_cached_logits(path: Path, rows: int) -> Any:
 
 
 def augmented_transfer_set(
-    spec: DistillSpec, train_texts: list[str], teacher_dir: Path, ctx: StageContext
+    spec: DistillSpec, splits: Splits, teacher_dir: Path, ctx: StageContext
 ) -> AugmentedSet | None:
     """`distill.augment`'s new texts (None when it is off), made with the teacher's tokenizer and embeddings."""
     augment = spec.augment
     if augment is None:
         return None
+    train_texts = splits.texts("train")
     tokenizer = load_tokenizer(str(teacher_dir))
     # Without a mask token the unknown token still hides the word from the teacher.
     mask_token = tokenizer.mask_token or tokenizer.unk_token or "[UNK]"
@@ -365,10 +369,20 @@ def augmented_transfer_set(
             embeddings, tokenizer.get_vocab(), tokenizer.all_special_tokens, train_texts
         )
     seed = augment.seed if augment.seed is not None else spec.seed
-    augmented = augment_texts(train_texts, augment.methods, augment.factor, seed, mask_token, neighbours)
+    augmented = augment_texts(
+        train_texts, augment.methods, row_factors(augment, splits), seed, mask_token, neighbours
+    )
     made = ", ".join(f"{n} by {m}" for m, n in augmented.counts().items())
     ctx.log(f"augmented transfer set: {len(augmented.texts)} new rows from {len(train_texts)} ({made})")
     return augmented
+
+
+def row_factors(augment: AugmentSpec, splits: Splits) -> int | list[int]:
+    """`factor` for every train row, or per row from its class when `class_factors` names it."""
+    if not augment.class_factors:
+        return augment.factor
+    by_id = {splits.labels.index(name): n for name, n in augment.class_factors.items()}
+    return [by_id.get(label, augment.factor) for label in splits.label_ids("train")]
 
 
 def augmentation_metrics(
