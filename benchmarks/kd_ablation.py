@@ -21,13 +21,15 @@ accuracy of the trained student (and in-scope accuracy / out-of-scope recall wit
 the teacher's on the same rows, the student's size, and the wall time the variant cost; and `vs_run_student`:
 its accuracy minus that of RUN's own student on the same validation rows, with a paired 95% interval and
 `resolved` (false when the interval holds 0). Choose a recipe change on a resolved row only: a small validation
-split cannot see differences of a few tenths of a point.
+split cannot see differences of a few tenths of a point. With `calibrate.out_of_scope` set, `calibrated` holds the
+scores after the recipe's calibration, the operating point that ships, and `in_scope_vs_run_student` there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from edgekd.bench.records import check_out_of_scope_label, out_of_scope_scores
 from edgekd.bench.stats import accuracy_diff_ci
 from edgekd.pipeline import preflight
 from edgekd.recipe.schema import Recipe
+from edgekd.stages.calibrate import choose_offset, scores, shifted
 from edgekd.stages.distill.stage import DistillStage, load_cached_logits
 from edgekd.stages.runner import read_stage_json, run_stage, stage_key
 from edgekd.stages.teacher import TeacherStage
@@ -82,13 +85,13 @@ def distilled(recipe: Recipe, run_dir: Path, name: str, teacher_key: str) -> tup
 
 
 def predict(recipe: Recipe, model_dir: Path, texts: list[str]) -> tuple[np.ndarray, int]:
-    """The student's predicted class per text, and its parameter count."""
+    """The student's logits per text, and its parameter count."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    predicted: list[int] = []
+    logits: list[np.ndarray] = []
     with torch.inference_mode():
         for start in range(0, len(texts), 64):
             batch = tokenizer(
@@ -98,8 +101,8 @@ def predict(recipe: Recipe, model_dir: Path, texts: list[str]) -> tuple[np.ndarr
                 padding=True,
                 return_tensors="pt",
             )
-            predicted.extend(model(**batch).logits.argmax(-1).tolist())
-    return np.array(predicted), sum(p.numel() for p in model.parameters())
+            logits.append(model(**batch).logits.float().numpy())
+    return np.concatenate(logits), sum(p.numel() for p in model.parameters())
 
 
 def validation_scores(recipe: Recipe, predicted: np.ndarray, gold: list[int], labels: list[str]) -> dict:
@@ -119,32 +122,72 @@ def against_run_student(
     two apart. Why: AG News validation has 1,075 rows, and a variant 0.37 points ahead there (alpha 0.1) scored
     0.40 points behind on the 7,600 test rows (benchmarks/results/ag_news/RUN.md)."""
     truth = np.array(gold)
-    diff, lo, hi = accuracy_diff_ci(predicted == truth, baseline == truth)
+    return {"distill_key": baseline_key, **paired_difference(predicted == truth, baseline == truth)}
+
+
+def paired_difference(right: np.ndarray, baseline_right: np.ndarray) -> dict[str, Any]:
+    """Accuracy minus the baseline's on the same rows, in points, with its paired bootstrap 95% interval."""
+    diff, lo, hi = accuracy_diff_ci(right, baseline_right)
     return {
-        "distill_key": baseline_key,
         "diff_pts": round(100 * diff, 2),
         "ci95_pts": [round(100 * lo, 2), round(100 * hi, 2)],
         "resolved": bool(lo > 0 or hi < 0),
     }
 
 
-def teacher_scores(recipe: Recipe, run_dir: Path, gold: list[int], labels: list[str]) -> dict[str, Any]:
-    """The teacher's accuracy on the same validation rows, from its cached logits."""
+def calibrated_scores(
+    recipe: Recipe,
+    logits: np.ndarray,
+    teacher_logits: np.ndarray,
+    gold: list[int],
+    labels: list[str],
+    baseline_logits: np.ndarray | None = None,
+) -> dict[str, Any] | None:
+    """With `calibrate.out_of_scope` set, the scores at the operating point that ships: the recipe's rule picks
+    the out-of-scope offset on these validation rows exactly as the calibrate stage does, for the variant and for
+    RUN's own student (`in_scope_vs_run_student`: the paired in-scope difference). Why: on clinc150 the
+    calibration moves in-scope accuracy by 0.7 points, so uncalibrated rows do not rank what ships."""
+    oos = check_out_of_scope_label(recipe.benchmark.out_of_scope_label, labels)
+    rule = recipe.calibrate.out_of_scope
+    if rule == "off" or oos is None:
+        return None
+    truth = np.array(gold)
+
+    def at_offset(student: np.ndarray) -> tuple[float, np.ndarray]:
+        offset = choose_offset(student, teacher_logits, truth, oos, rule)
+        return offset, shifted(student, oos, offset).argmax(axis=1)
+
+    offset, predicted = at_offset(logits)
+    result: dict[str, Any] = {
+        "rule": rule,
+        "offset": round(offset, 3),
+        **{k: round(v, 4) for k, v in asdict(scores(predicted, truth, oos)).items()},
+    }
+    if baseline_logits is not None:
+        in_scope = truth != oos
+        baseline = at_offset(baseline_logits)[1]
+        result["in_scope_vs_run_student"] = paired_difference(
+            predicted[in_scope] == truth[in_scope], baseline[in_scope] == truth[in_scope]
+        )
+    return result
+
+
+def teacher_validation_logits(run_dir: Path, rows: int) -> np.ndarray:
+    """The teacher's cached logits on the validation rows."""
     for path in sorted((run_dir / "cache").glob("teacher_logits-validation-*.npy")):
-        logits = load_cached_logits(path, len(gold))
-        if logits is None:
-            continue
-        predicted = logits.argmax(-1)
-        scores: dict[str, Any] = {"validation_accuracy": float(np.mean(predicted == np.array(gold)))}
-        oos = check_out_of_scope_label(recipe.benchmark.out_of_scope_label, labels)
-        if oos is not None:
-            scores.update(out_of_scope_scores(gold, predicted, oos))
-        return scores
+        logits = load_cached_logits(path, rows)
+        if logits is not None:
+            return np.asarray(logits)
     raise SystemExit(f"{run_dir}/cache holds no validation logits: run the recipe's distill stage first")
 
 
-def run_student_predictions(recipe: Recipe, run_dir: Path, texts: list[str]) -> tuple[np.ndarray, str]:
-    """The validation predictions of RUN's own distilled student (what every variant is compared with), and its
+def teacher_scores(recipe: Recipe, logits: np.ndarray, gold: list[int], labels: list[str]) -> dict[str, Any]:
+    """The teacher's accuracy on the same validation rows."""
+    return validation_scores(recipe, logits.argmax(-1), gold, labels)
+
+
+def run_student_logits(recipe: Recipe, run_dir: Path, texts: list[str]) -> tuple[np.ndarray, str]:
+    """The validation logits of RUN's own distilled student (what every variant is compared with), and its
     distill key."""
     record = read_stage_json(run_dir / "distill")
     if not record:
@@ -209,14 +252,24 @@ def main() -> None:
     for name, *overrides in args.variant:
         recipe, splits = preflight(args.recipe, overrides)
         texts, gold, labels = splits.texts("validation"), splits.label_ids("validation"), splits.labels
-        teacher = teacher_scores(recipe, run_dir, gold, labels)
+        teacher_logits = teacher_validation_logits(run_dir, len(gold))
+        teacher = teacher_scores(recipe, teacher_logits, gold, labels)
         if baseline is None:
-            baseline = run_student_predictions(recipe, run_dir, texts)
+            baseline = run_student_logits(recipe, run_dir, texts)
         folder, record = distilled(recipe, run_dir, name, finished_teacher_key(recipe, run_dir))
-        predicted, params = predict(recipe, folder / "model", texts)
+        logits, params = predict(recipe, folder / "model", texts)
+        predicted = logits.argmax(-1)
         scores = {**validation_scores(recipe, predicted, gold, labels), "params": params}
-        if baseline[1] != record.get("key"):
-            scores["vs_run_student"] = against_run_student(predicted, baseline[0], gold, baseline[1])
+        other = baseline[1] != record.get("key")
+        if other:
+            scores["vs_run_student"] = against_run_student(
+                predicted, baseline[0].argmax(-1), gold, baseline[1]
+            )
+        calibrated = calibrated_scores(
+            recipe, logits, teacher_logits, gold, labels, baseline[0] if other else None
+        )
+        if calibrated is not None:
+            scores["calibrated"] = calibrated
         row = ablation_row(name, overrides, record, scores)
         print(json.dumps(row))
         rows.append(row)

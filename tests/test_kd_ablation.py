@@ -91,3 +91,38 @@ def test_a_difference_the_validation_split_cannot_see_is_not_resolved() -> None:
     many_more[100:118] = 1
     clear = versus(many_more, baseline, gold, "k")
     assert clear["diff_pts"] == 4.0 and clear["resolved"] and clear["ci95_pts"][0] > 0
+
+
+def test_calibrated_rows_score_the_operating_point_that_ships() -> None:
+    """With `calibrate.out_of_scope` set, each row also carries the scores after the recipe's calibration (the
+    offset chosen on the same validation rows, as the stage does) and the paired in-scope difference there."""
+    from edgekd.recipe.load import load_recipe
+    from edgekd.stages.calibrate import choose_offset, scores, shifted
+
+    calibrated_scores = load_script("benchmarks/kd_ablation.py").calibrated_scores
+    labels = ["business", "sports", "tech", "weather"]
+    oos = labels.index("tech")
+    rng = np.random.default_rng(5)
+    gold = rng.integers(0, 4, size=400)
+    teacher = np.eye(4)[gold] * 4.0 + rng.normal(size=(400, 4))
+    student = teacher + rng.normal(0.0, 2.0, size=(400, 4))
+    student[:, oos] -= 2.0  # flags too few out-of-scope texts before calibration
+    worse = student + rng.normal(0.0, 3.0, size=(400, 4))
+    overrides = ["benchmark.out_of_scope_label=tech", "calibrate.out_of_scope=teacher_recall"]
+    recipe = load_recipe(SMOKE, overrides)
+
+    row = calibrated_scores(recipe, student, teacher, gold.tolist(), labels, baseline_logits=worse)
+    offset = choose_offset(student, teacher, gold, oos, "teacher_recall")
+    expected = scores(shifted(student, oos, offset).argmax(axis=1), gold, oos)
+    assert row["rule"] == "teacher_recall" and row["offset"] == round(offset, 3) and offset > 0
+    assert row["out_of_scope_recall"] == round(expected.out_of_scope_recall, 4)
+    assert row["out_of_scope_recall"] == round(
+        scores(teacher.argmax(axis=1), gold, oos).out_of_scope_recall, 4
+    )
+    assert row["in_scope_accuracy"] == round(expected.in_scope_accuracy, 4)
+    versus = row["in_scope_vs_run_student"]
+    lo, hi = versus["ci95_pts"]
+    assert lo <= versus["diff_pts"] <= hi and versus["diff_pts"] > 0
+    assert "in_scope_vs_run_student" not in calibrated_scores(recipe, student, teacher, gold.tolist(), labels)
+    uncalibrated = load_recipe(SMOKE, overrides[:1])
+    assert calibrated_scores(uncalibrated, student, teacher, gold.tolist(), labels) is None
