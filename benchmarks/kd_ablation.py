@@ -181,11 +181,6 @@ def teacher_validation_logits(run_dir: Path, rows: int) -> np.ndarray:
     raise SystemExit(f"{run_dir}/cache holds no validation logits: run the recipe's distill stage first")
 
 
-def teacher_scores(recipe: Recipe, logits: np.ndarray, gold: list[int], labels: list[str]) -> dict[str, Any]:
-    """The teacher's accuracy on the same validation rows."""
-    return validation_scores(recipe, logits.argmax(-1), gold, labels)
-
-
 def run_student_logits(recipe: Recipe, run_dir: Path, texts: list[str]) -> tuple[np.ndarray, str]:
     """The validation logits of RUN's own distilled student (what every variant is compared with), and its
     distill key."""
@@ -249,13 +244,14 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     teacher: dict[str, Any] = {}
     baseline: tuple[np.ndarray, str] | None = None
+    teacher_logits = np.empty(0)
     for name, *overrides in args.variant:
         recipe, splits = preflight(args.recipe, overrides)
         texts, gold, labels = splits.texts("validation"), splits.label_ids("validation"), splits.labels
-        teacher_logits = teacher_validation_logits(run_dir, len(gold))
-        teacher = teacher_scores(recipe, teacher_logits, gold, labels)
-        if baseline is None:
+        if baseline is None:  # the same validation rows for every variant: read and predicted once
+            teacher_logits = teacher_validation_logits(run_dir, len(gold))
             baseline = run_student_logits(recipe, run_dir, texts)
+        teacher = validation_scores(recipe, teacher_logits.argmax(-1), gold, labels)
         folder, record = distilled(recipe, run_dir, name, finished_teacher_key(recipe, run_dir))
         logits, params = predict(recipe, folder / "model", texts)
         predicted = logits.argmax(-1)

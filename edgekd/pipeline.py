@@ -319,8 +319,8 @@ def label_problems(recipe: Recipe, labels: list[str]) -> list[str]:
     if recipe.benchmark.out_of_scope_label is not None:
         named.append(("benchmark.out_of_scope_label", recipe.benchmark.out_of_scope_label))
     augment = recipe.distill.augment
-    for name in (augment.class_factors or {}) if augment is not None else {}:
-        named.append(("distill.augment.class_factors", name))
+    class_factors = augment.class_factors if augment is not None else None
+    named += [("distill.augment.class_factors", name) for name in class_factors or {}]
     return [unknown_class(field, name, labels) for field, name in named if name not in labels]
 
 

@@ -58,23 +58,27 @@ def test_more_latency_threads_than_cores_is_refused_before_any_stage(tmp_path: P
     assert not run_dir.exists(), "refused before the run folder (and any stage) exists"
 
 
-def test_an_unknown_out_of_scope_label_is_refused_before_any_stage(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("override", "field", "typo", "meant"),
+    [
+        ("benchmark.out_of_scope_label=sport", "benchmark.out_of_scope_label", "sport", "sports"),
+        (
+            "distill.augment={class_factors: {wether: 3}}",
+            "distill.augment.class_factors",
+            "wether",
+            "weather",
+        ),
+    ],
+)
+def test_an_unknown_class_name_is_refused_before_any_stage(
+    tmp_path: Path, override: str, field: str, typo: str, meant: str
+) -> None:
     run_dir = tmp_path / "run"
     with pytest.raises(RecipeError) as err:
-        compress(SMOKE, overrides=["benchmark.out_of_scope_label=sport"], output_dir=run_dir)
+        compress(SMOKE, overrides=[override], output_dir=run_dir)
     [problem] = err.value.problems
-    assert problem.startswith("benchmark.out_of_scope_label: 'sport' is not one of the dataset's 4 classes")
-    assert "did you mean 'sports'?" in problem
-    assert not run_dir.exists()
-
-
-def test_an_unknown_class_in_class_factors_is_refused_before_any_stage(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    with pytest.raises(RecipeError) as err:
-        compress(SMOKE, overrides=["distill.augment={class_factors: {wether: 3}}"], output_dir=run_dir)
-    [problem] = err.value.problems
-    assert problem.startswith("distill.augment.class_factors: 'wether' is not one of the dataset's 4 classes")
-    assert "did you mean 'weather'?" in problem
+    assert problem.startswith(f"{field}: '{typo}' is not one of the dataset's 4 classes")
+    assert f"did you mean '{meant}'?" in problem
     assert not run_dir.exists()
 
 
