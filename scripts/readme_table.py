@@ -22,7 +22,8 @@ def report_paths() -> list[Path]:
 
 def render_table(reports: list[Path]) -> str:
     """One markdown table; each run's variants against its first variant (the teacher). Runs scored with an
-    out-of-scope class (CLINC150) get a second table with in-scope accuracy and out-of-scope recall."""
+    out-of-scope class (CLINC150) get a second table with in-scope accuracy and out-of-scope recall; a last one
+    names the CPU each run was measured on."""
     lines = [
         "| run | variant | format | accuracy | size MB | p50 ms | p90 ms | speed-up p50 | compression |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -31,24 +32,41 @@ def render_table(reports: list[Path]) -> str:
         "| run | variant | accuracy | in-scope accuracy | out-of-scope recall |",
         "|---|---|---|---|---|",
     ]
-    for path in reports:
-        report = Report.model_validate_json(path.read_text())
+    parsed = [(path.parent.name, Report.model_validate_json(path.read_text())) for path in reports]
+    for run, report in parsed:
         ref = report.variants[0]
         for v in report.variants:
             p50, p90, size, accuracy = _p50(v), _needed(v, "latency_ms.p90"), _size(v), _accuracy(v)
             lines.append(
-                f"| {path.parent.name} | {v.name} | {v.format} | {100 * accuracy:.2f}% "
+                f"| {run} | {v.name} | {v.format} | {100 * accuracy:.2f}% "
                 f"| {size / 1e6:.1f} | {p50:.2f} | {p90:.2f} "
                 f"| {_p50(ref) / p50:.1f}x | {_size(ref) / size:.1f}x |"
             )
             if v.out_of_scope_recall is not None:
                 oos_lines.append(
-                    f"| {path.parent.name} | {v.name} | {100 * accuracy:.2f}% "
+                    f"| {run} | {v.name} | {100 * accuracy:.2f}% "
                     f"| {100 * _needed(v, 'in_scope_accuracy'):.2f}% | {100 * v.out_of_scope_recall:.2f}% |"
                 )
     if len(oos_lines) > 2:
         lines += ["", *oos_lines]
+    machines = [_machine_row(run, report) for run, report in parsed]
+    if any(machines):
+        lines += ["", "| run | measured on | cores | INT8 / bf16 instructions |", "|---|---|---|---|"]
+        lines += [row for row in machines if row]
     return "\n".join(lines)
+
+
+# The extensions that decide how fast INT8 and bf16 run: ratios measured on one of these rows do not carry to another.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "neon")
+
+
+def _machine_row(run: str, report: Report) -> str | None:
+    """The CPU a run's report was measured on, from its environment (None when the report does not say)."""
+    cpu = report.environment.cpu
+    if cpu.model is None:
+        return None
+    flags = ", ".join(flag for flag in SPEED_FLAGS if cpu.flags.get(flag)) or "none listed"
+    return f"| {run} | {cpu.model} | {cpu.logical_cores} | {flags} |"
 
 
 def _needed(v: Variant, what: str) -> float:

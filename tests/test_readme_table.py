@@ -45,3 +45,23 @@ def test_runs_with_an_out_of_scope_class_get_their_own_table(tmp_path: Path) -> 
     assert "| oos | teacher | 90.00% | 95.00% | 50.00% |" in table
     assert "| plain | teacher | 90.00% |" not in table  # the plain run has no out-of-scope row
     assert "out-of-scope recall" not in script.render_table([tmp_path / "plain" / "report.json"])
+
+
+def test_each_run_names_the_machine_it_was_measured_on(tmp_path: Path) -> None:
+    script = load_script("scripts/readme_table.py")
+    variant = {"name": "teacher", "format": "pytorch", "accuracy": 0.9, "size_bytes": 4_000_000}
+    variant["latency_ms"] = {"p50": 10.0, "p90": 12.0}
+    cpu = {
+        "model": "AMD EPYC",
+        "logical_cores": 2,
+        "flags": {"avx2": True, "avx512_vnni": True, "amx_int8": False},
+    }
+    (tmp_path / "vnni").mkdir()
+    (tmp_path / "vnni" / "report.json").write_text(
+        json.dumps({"variants": [variant], "environment": {"cpu": cpu}})
+    )
+    (tmp_path / "unknown").mkdir()
+    (tmp_path / "unknown" / "report.json").write_text(json.dumps({"variants": [variant]}))
+    table = script.render_table([tmp_path / "unknown" / "report.json", tmp_path / "vnni" / "report.json"])
+    assert "| vnni | AMD EPYC | 2 | avx2, avx512_vnni |" in table
+    assert "| unknown | AMD EPYC" not in table
