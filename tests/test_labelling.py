@@ -141,7 +141,8 @@ def test_a_wrong_fast_path_is_refused(
 def test_auto_falls_back_to_torch_fp32_with_a_warning(
     setup: BackendSetup, reference: np.ndarray, toy_texts: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(labelling.FACTORIES, "onnx-fp32", permuted)
+    for fast in labelling.AUTO_FAST:  # on a bf16 CPU auto tries torch-bf16, then onnx-fp32
+        monkeypatch.setitem(labelling.FACTORIES, fast, permuted)
     monkeypatch.setattr(labelling, "AUTO_MIN_ROWS", 1)  # the toy split counts as a large pass
     logs: list[str] = []
     labeller = TeacherLabeller(setup, AUTO, toy_texts, log=logs.append)
@@ -158,11 +159,43 @@ def test_auto_uses_onnx_for_a_large_pass_and_torch_for_a_small_one(
     setup: BackendSetup, toy_texts: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(labelling, "AUTO_MIN_ROWS", 10)
+    monkeypatch.setattr(labelling, "bf16_native", lambda flags=None: False)  # an AVX2 machine
     labeller = TeacherLabeller(setup, AUTO, toy_texts, log=lambda _: None)
     assert labeller.label(toy_texts[:5], "validation")[1] == REFERENCE
     assert labeller.record()["faithfulness"] is None, "a small pass pays for no export or check"
     assert labeller.label(toy_texts, "train")[1] == "onnx-fp32"
     assert labeller.label(toy_texts[:5], "unlabeled")[1] == "onnx-fp32", "once exported, it labels every pass"
+
+
+def test_auto_tries_onnx_fp32_when_bf16_is_refused(
+    setup: BackendSetup, toy_texts: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(labelling, "bf16_native", lambda flags=None: True)
+    monkeypatch.setitem(labelling.FACTORIES, "torch-bf16", permuted)
+    monkeypatch.setattr(labelling, "AUTO_MIN_ROWS", 1)
+    logs: list[str] = []
+    labeller = TeacherLabeller(setup, AUTO, toy_texts, log=logs.append)
+    assert labeller.label(toy_texts, "train")[1] == "onnx-fp32"
+    assert any(line.startswith("warning: teacher labelling does not use torch-bf16") for line in logs), logs
+    assert labeller.record()["faithfulness"]["backend"] == "onnx-fp32"
+
+
+@pytest.mark.parametrize(
+    ("flags", "fast"),
+    [({"avx2"}, "onnx-fp32"), ({"avx2", "avx512_bf16"}, "torch-bf16"), ({"amx_bf16"}, "torch-bf16")],
+)
+def test_auto_labels_large_passes_in_bf16_only_where_the_cpu_has_it(flags: set[str], fast: str) -> None:
+    assert labelling.auto_fast(flags) == fast
+
+
+def test_auto_reuses_either_fast_backends_cache(
+    setup: BackendSetup, toy_texts: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run folder labelled on an AVX2 machine (onnx-fp32) keeps its logits when resumed on a bf16 one."""
+    monkeypatch.setattr(labelling, "bf16_native", lambda flags=None: True)
+    caches = TeacherLabeller(setup, AUTO, toy_texts, log=lambda _: None).acceptable_caches()
+    assert caches == [REFERENCE, "torch-bf16", "onnx-fp32"]
+    assert TeacherLabeller(setup, "torch-bf16", toy_texts).acceptable_caches() == ["torch-bf16"]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -9,8 +9,10 @@ Backends (`distill.labelling`):
 * `onnx-fp32`: the teacher exported once with the export stage's code into `<run>/cache/`, run with ONNX
   Runtime on every usable core, length-sorted with dynamic padding.
 * `onnx-int8`: dynamic INT8 of that export, with the quantize stage's helpers. Only when asked.
-* `auto` (default): `onnx-fp32` when a pass is large enough to pay for the export and the check
-  (`AUTO_MIN_ROWS`), else `torch-fp32`; on any failure, `torch-fp32` with a warning.
+* `auto` (default): for a pass large enough to pay for the export and the check (`AUTO_MIN_ROWS`), `torch-bf16`
+  where the CPU multiplies bf16 natively and `onnx-fp32` elsewhere (the faster of the faithful backends on each
+  kind of CPU: benchmarks/results/teacher_labelling*.json); smaller passes `torch-fp32`; on any failure,
+  `torch-fp32` with a warning.
 
 Faithfulness is measured, not assumed: before a fast backend labels anything, it and the fp32 PyTorch teacher
 label the first `CHECK_ROWS` validation texts; the argmax agreement and max |logit difference| land in
@@ -18,7 +20,8 @@ label the first `CHECK_ROWS` validation texts; the argmax agreement and max |log
 
 Cache keys: the logit cache key of `torch-fp32` is the one edgekd always used, so logits cached by earlier runs
 are found; every other backend adds its tag (its logits differ slightly). `auto` reads a `torch-fp32` cache
-file first (the reference itself), then its fast backend's. The distill stage key leaves `labelling` out while
+file first (the reference itself), then its own fast backend's, then the other kind of CPU's (a run folder
+labelled on an AVX2 machine and resumed on a bf16 one keeps its logits: each passed the same check). The distill stage key leaves `labelling` out while
 it is `auto`, so an existing run keeps its trained student; only a pass that has to label texts again may
 then use the fast backend.
 """
@@ -43,7 +46,10 @@ from edgekd.stages.export import ParityReport, compare_logits
 REFERENCE = "torch-fp32"
 BACKENDS = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
 AUTO = "auto"
-AUTO_FAST = "onnx-fp32"
+AUTO_FAST = (
+    "torch-bf16",
+    "onnx-fp32",
+)  # what `auto` labels large passes with: the first where it runs (auto_fast)
 # Below this many texts, exporting MPNet-base (about a minute on 2 cores) and checking it on validation cost
 # more than ONNX Runtime saves (~0.07 s a row at ~10 vs ~30 rows/s), so `auto` labels small passes in PyTorch.
 AUTO_MIN_ROWS = 2000
@@ -127,6 +133,11 @@ def bf16_native(flags: set[str] | None = None) -> bool:
 
     present = flags if flags is not None else cpu_flag_names()
     return any(flag in present for flag in BF16_FLAGS)
+
+
+def auto_fast(flags: set[str] | None = None) -> str:
+    """`auto`'s backend for large passes: bf16 autocast where the CPU has it natively, else ONNX Runtime fp32."""
+    return "torch-bf16" if bf16_native(flags) else "onnx-fp32"
 
 
 def torch_fp32_backend(setup: BackendSetup) -> LogitFn:
@@ -330,8 +341,10 @@ class TeacherLabeller:
         """Backends whose cached logits this labeller may reuse, best first."""
         if self.requested != AUTO:
             return [self.requested]
-        chosen = self._backend or AUTO_FAST
-        return [REFERENCE] if chosen == REFERENCE else [REFERENCE, chosen]
+        chosen = self._backend or auto_fast()
+        if chosen == REFERENCE:
+            return [REFERENCE]
+        return [REFERENCE, chosen, *(backend for backend in AUTO_FAST if backend != chosen)]
 
     def backend_for(self, rows: int) -> str:
         """The backend that labels a pass of `rows` texts (resolving and checking it on first use)."""
@@ -381,19 +394,24 @@ class TeacherLabeller:
     def _resolve(self, rows: int) -> None:
         if self._backend is not None:
             return
-        wanted = AUTO_FAST if self.requested == AUTO else self.requested
-        if wanted == REFERENCE:
+        if self.requested == REFERENCE:
             self._backend, self._fn = REFERENCE, FACTORIES[REFERENCE](self.setup)
             return
-        try:
-            self._fn = self._checked(wanted)
-            self._backend = wanted
-        except EdgekdError as exc:
-            if self.requested != AUTO:
-                raise
-            self._fallback = exc.message
-            self.log(f"warning: teacher labelling falls back to torch-fp32: {exc.message}")
-            self._backend, self._fn = REFERENCE, FACTORIES[REFERENCE](self.setup)
+        # auto: its fast backend for this CPU, then ONNX Runtime fp32 (a refused bf16 check still leaves a fast
+        # fp32 path), then the reference.
+        wanted = [auto_fast(), "onnx-fp32"] if self.requested == AUTO else [self.requested]
+        for backend in dict.fromkeys(wanted):
+            try:
+                self._fn = self._checked(backend)
+                self._backend = backend
+                return
+            except EdgekdError as exc:
+                if self.requested != AUTO:
+                    raise
+                self._fallback = exc.message
+                self.log(f"warning: teacher labelling does not use {backend}: {exc.message}")
+        self.log("warning: teacher labelling falls back to torch-fp32")
+        self._backend, self._fn = REFERENCE, FACTORIES[REFERENCE](self.setup)
 
     def _checked(self, backend: str) -> LogitFn:
         fast = FACTORIES[backend](self.setup)
