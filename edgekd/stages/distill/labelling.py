@@ -11,8 +11,8 @@ Backends (`distill.labelling`):
 * `onnx-int8`: dynamic INT8 of that export, with the quantize stage's helpers. Only when asked.
 * `auto` (default): for a pass large enough to pay for the export and the check (`AUTO_MIN_ROWS`), `torch-bf16`
   where the CPU multiplies bf16 natively and `onnx-fp32` elsewhere (the faster of the faithful backends on each
-  kind of CPU: benchmarks/results/teacher_labelling*.json); smaller passes `torch-fp32`; on any failure,
-  `torch-fp32` with a warning.
+  kind of CPU: benchmarks/results/teacher_labelling*.json); smaller passes `torch-fp32`. A refused bf16 check
+  tries `onnx-fp32`; any other failure falls back to `torch-fp32` with a warning.
 
 Faithfulness is measured, not assumed: before a fast backend labels anything, it and the fp32 PyTorch teacher
 label the first `CHECK_ROWS` validation texts; the argmax agreement and max |logit difference| land in
@@ -21,9 +21,9 @@ label the first `CHECK_ROWS` validation texts; the argmax agreement and max |log
 Cache keys: the logit cache key of `torch-fp32` is the one edgekd always used, so logits cached by earlier runs
 are found; every other backend adds its tag (its logits differ slightly). `auto` reads a `torch-fp32` cache
 file first (the reference itself), then its own fast backend's, then the other kind of CPU's (a run folder
-labelled on an AVX2 machine and resumed on a bf16 one keeps its logits: each passed the same check). The distill stage key leaves `labelling` out while
-it is `auto`, so an existing run keeps its trained student; only a pass that has to label texts again may
-then use the fast backend.
+labelled on an AVX2 machine and resumed on a bf16 one keeps its logits: each passed the same check). The
+distill stage key leaves `labelling` out while it is `auto`, so an existing run keeps its trained student; only
+a pass that has to label texts again may then use the fast backend.
 """
 
 from __future__ import annotations
@@ -46,10 +46,8 @@ from edgekd.stages.export import ParityReport, compare_logits
 REFERENCE = "torch-fp32"
 BACKENDS = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
 AUTO = "auto"
-AUTO_FAST = (
-    "torch-bf16",
-    "onnx-fp32",
-)  # what `auto` labels large passes with: the first where it runs (auto_fast)
+# What `auto` may label large passes with, in the order it tries them (auto_fast picks the first for the CPU).
+AUTO_FAST = ("torch-bf16", "onnx-fp32")
 # Below this many texts, exporting MPNet-base (about a minute on 2 cores) and checking it on validation cost
 # more than ONNX Runtime saves (~0.07 s a row at ~10 vs ~30 rows/s), so `auto` labels small passes in PyTorch.
 AUTO_MIN_ROWS = 2000
