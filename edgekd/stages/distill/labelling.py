@@ -133,9 +133,14 @@ def bf16_native(flags: set[str] | None = None) -> bool:
     return any(flag in present for flag in BF16_FLAGS)
 
 
+def auto_candidates(flags: set[str] | None = None) -> list[str]:
+    """The fast backends `auto` tries on this CPU, in `AUTO_FAST` order: bf16 only where it is native."""
+    return [backend for backend in AUTO_FAST if backend != "torch-bf16" or bf16_native(flags)]
+
+
 def auto_fast(flags: set[str] | None = None) -> str:
     """`auto`'s backend for large passes: bf16 autocast where the CPU has it natively, else ONNX Runtime fp32."""
-    return "torch-bf16" if bf16_native(flags) else "onnx-fp32"
+    return auto_candidates(flags)[0]
 
 
 def torch_fp32_backend(setup: BackendSetup) -> LogitFn:
@@ -395,10 +400,10 @@ class TeacherLabeller:
         if self.requested == REFERENCE:
             self._backend, self._fn = REFERENCE, FACTORIES[REFERENCE](self.setup)
             return
-        # auto: its fast backend for this CPU, then ONNX Runtime fp32 (a refused bf16 check still leaves a fast
-        # fp32 path), then the reference.
-        wanted = [auto_fast(), "onnx-fp32"] if self.requested == AUTO else [self.requested]
-        for backend in dict.fromkeys(wanted):
+        # auto: each fast backend this CPU runs (a refused bf16 check still leaves ONNX Runtime fp32), then the
+        # reference.
+        wanted = auto_candidates() if self.requested == AUTO else [self.requested]
+        for backend in wanted:
             try:
                 self._fn = self._checked(backend)
                 self._backend = backend
