@@ -25,11 +25,11 @@ def choose_precision(setting: str) -> str:
         return setting
     import torch
 
-    from edgekd.bench.envinfo import cpu_flag_names
+    from edgekd.bench.envinfo import bf16_native
 
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_flag_names() & {"avx512_bf16", "amx_bf16"} else "fp32"
+    return "bf16" if bf16_native() else "fp32"
 
 
 def tokenize(ds: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:

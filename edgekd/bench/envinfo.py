@@ -131,6 +131,16 @@ def cpu_flag_names(cpuinfo: str | None = None) -> set[str]:
     return set((_first_field(text, "flags") or _first_field(text, "Features") or "").split())
 
 
+# Flags of CPUs that multiply bf16 in hardware; elsewhere bf16 autocast is emulated and slower than fp32.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def bf16_native(flags: set[str] | None = None) -> bool:
+    """Whether the CPU multiplies bf16 in hardware (`flags`: /proc/cpuinfo's, read when None)."""
+    present = flags if flags is not None else cpu_flag_names()
+    return any(flag in present for flag in BF16_FLAGS)
+
+
 def physical_cores() -> int | None:
     """Physical cores (hyper-threads counted once); None where the OS does not say (some VMs)."""
     try:

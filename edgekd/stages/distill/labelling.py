@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekd.bench.envinfo import bf16_native
 from edgekd.errors import EdgekdError, InputError, StageError
 from edgekd.recipe.schema import Recipe
 from edgekd.stages.export import ParityReport, compare_logits
@@ -54,7 +55,6 @@ AUTO_MIN_ROWS = 2000
 MIN_AGREEMENT = 0.995
 CHECK_ROWS = 512
 BATCH_SIZE = 64
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 ONNX_FOLDER = "teacher-onnx"
 
 LogitFn = Callable[[list[str], str], np.ndarray]
@@ -123,14 +123,6 @@ def torch_teacher_logits(
             )
             out[idx] = model(**enc).logits.float().numpy()
     return out
-
-
-def bf16_native(flags: set[str] | None = None) -> bool:
-    """Whether the CPU multiplies bf16 in hardware (`flags`: /proc/cpuinfo's, read when None)."""
-    from edgekd.bench.envinfo import cpu_flag_names
-
-    present = flags if flags is not None else cpu_flag_names()
-    return any(flag in present for flag in BF16_FLAGS)
 
 
 def auto_candidates(flags: set[str] | None = None) -> list[str]:
